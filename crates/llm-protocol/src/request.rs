@@ -1,0 +1,494 @@
+//! The chat completion request and its validation.
+//!
+//! [`ChatCompletionRequest::from_json`] is the one way in from the wire: it tolerates fields it
+//! does not know (SDKs send extras), and rejects a field of the wrong type or a value out of range
+//! with an [`Error::InvalidRequest`] that names the field, such as `messages[2].role` or
+//! `temperature`.
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+use crate::types::Role;
+
+/// The most stop sequences a request may carry, as in OpenAI's API.
+pub const MAX_STOP_SEQUENCES: usize = 4;
+
+/// The most choices (`n`) a request may ask for, as in OpenAI's API.
+pub const MAX_CHOICES: u32 = 128;
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// The model to use. Empty means the server's default.
+    #[serde(default)]
+    pub model: String,
+    /// The conversation so far; at least one message.
+    pub messages: Vec<ChatMessage>,
+    /// Stream the answer as server-sent events.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub stream: bool,
+    /// Options for streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Sampling temperature, 0 to 2. 0 means greedy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Most tokens to generate (legacy name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Most tokens to generate (current name; wins over `max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Sequences that end generation; a string or an array of up to four strings.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop: Option<Vec<String>>,
+    /// How many choices to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// Penalty for tokens already present, -2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    /// Penalty proportional to token frequency, -2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// Seed for reproducible sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// An end-user id, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `stream_options` of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send one more chunk with `"choices": []` and `usage` before `[DONE]`.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub include_usage: bool,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// The text; may be absent on an assistant message that only called tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<MessageContent>,
+    /// An optional participant name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// For [`Role::Tool`] messages: the call this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with plain text content.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: Some(MessageContent::Text(content.into())),
+            name: None,
+            tool_call_id: None,
+        }
+    }
+
+    /// The message's text, with text parts joined; empty when there is no content.
+    pub fn text(&self) -> String {
+        match &self.content {
+            None => String::new(),
+            Some(MessageContent::Text(text)) => text.clone(),
+            Some(MessageContent::Parts(parts)) => parts
+                .iter()
+                .map(|ContentPart::Text { text }| text.as_str())
+                .collect(),
+        }
+    }
+}
+
+/// Message content: a string, or an array of parts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// `"content": "text"`.
+    Text(String),
+    /// `"content": [{"type": "text", "text": "..."}]`.
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of an array content. Only text parts are accepted: the served models read text only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// A text part.
+    Text {
+        /// The text.
+        text: String,
+    },
+}
+
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Dispatch on the JSON shape ourselves: `untagged` would only say "did not match any
+        // variant", which tells the client nothing.
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MessageContent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(text.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Self::Value, E> {
+                Ok(MessageContent::Text(text))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<PartSeed>()? {
+                    parts.push(part.0);
+                }
+                Ok(MessageContent::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Deserializes one content part with a message that names the unsupported type.
+struct PartSeed(ContentPart);
+
+impl<'de> Deserialize<'de> for PartSeed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct RawPart {
+            #[serde(rename = "type")]
+            kind: String,
+            text: Option<String>,
+        }
+        let raw = RawPart::deserialize(deserializer)?;
+        match (raw.kind.as_str(), raw.text) {
+            ("text", Some(text)) => Ok(PartSeed(ContentPart::Text { text })),
+            ("text", None) => Err(D::Error::missing_field("text")),
+            (other, _) => Err(D::Error::custom(format!(
+                "content part type `{other}` is not supported; only `text` parts are"
+            ))),
+        }
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => match OneOrMany::deserialize(value) {
+            Ok(OneOrMany::One(one)) => Ok(Some(vec![one])),
+            Ok(OneOrMany::Many(many)) => Ok(Some(many)),
+            Err(_) => Err(D::Error::custom(
+                "expected a string or an array of strings",
+            )),
+        },
+    }
+}
+
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+impl ChatCompletionRequest {
+    /// Parses and validates a request body.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] when the body is not JSON, a field has the wrong type, or a
+    /// value is out of range. `param` names the field, and the message says what was expected.
+    pub fn from_json(body: &[u8]) -> Result<Self> {
+        let mut json = serde_json::Deserializer::from_slice(body);
+        let request: Self = serde_path_to_error::deserialize(&mut json).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if inner.is_syntax() || inner.is_eof() || path == "." {
+                let message = if inner.is_data() {
+                    format!("invalid request body: {inner}")
+                } else {
+                    format!("request body is not valid JSON: {inner}")
+                };
+                Error::InvalidRequest {
+                    param: None,
+                    message,
+                }
+            } else {
+                Error::invalid_param(path.clone(), format!("`{path}`: {}", strip_position(&inner)))
+            }
+        })?;
+        json.end().map_err(|inner| Error::InvalidRequest {
+            param: None,
+            message: format!("request body is not valid JSON: {inner}"),
+        })?;
+        request.validate()?;
+        Ok(request)
+    }
+
+    /// Checks ranges and cross-field rules that types alone cannot express.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] naming the first offending field.
+    pub fn validate(&self) -> Result<()> {
+        if self.messages.is_empty() {
+            return Err(Error::invalid_param(
+                "messages",
+                "`messages` must contain at least one message",
+            ));
+        }
+        check_range("temperature", self.temperature, 0.0, 2.0)?;
+        check_range("top_p", self.top_p, 0.0, 1.0)?;
+        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        for (name, value) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(Error::invalid_param(
+                    name,
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
+        }
+        if let Some(n) = self.n {
+            if !(1..=MAX_CHOICES).contains(&n) {
+                return Err(Error::invalid_param(
+                    "n",
+                    format!("`n` must be between 1 and {MAX_CHOICES}, got {n}"),
+                ));
+            }
+        }
+        if let Some(stop) = &self.stop {
+            if stop.len() > MAX_STOP_SEQUENCES {
+                return Err(Error::invalid_param(
+                    "stop",
+                    format!(
+                        "`stop` may hold at most {MAX_STOP_SEQUENCES} sequences, got {}",
+                        stop.len()
+                    ),
+                ));
+            }
+            if let Some(index) = stop.iter().position(String::is_empty) {
+                return Err(Error::invalid_param(
+                    format!("stop[{index}]"),
+                    "stop sequences must not be empty",
+                ));
+            }
+        }
+        for (index, message) in self.messages.iter().enumerate() {
+            if message.content.is_none() && message.role != Role::Assistant {
+                return Err(Error::invalid_param(
+                    format!("messages[{index}].content"),
+                    format!(
+                        "`messages[{index}].content` is required for role `{}`",
+                        message.role.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The generation limit the client asked for: `max_completion_tokens`, else `max_tokens`.
+    pub fn max_new_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Whether the client asked for the usage-only chunk at the end of a stream.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.is_some_and(|options| options.include_usage)
+    }
+}
+
+fn check_range(name: &str, value: Option<f64>, min: f64, max: f64) -> Result<()> {
+    match value {
+        Some(value) if !(min..=max).contains(&value) => Err(Error::invalid_param(
+            name,
+            format!("`{name}` must be between {min} and {max}, got {value}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// serde_json appends " at line L column C" to data errors; the field path says more.
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Role;
+
+    fn parse(body: &str) -> Result<ChatCompletionRequest> {
+        ChatCompletionRequest::from_json(body.as_bytes())
+    }
+
+    /// Asserts that `body` is rejected, blaming `param`, with a message containing `needle`.
+    fn check_rejected(body: &str, param: Option<&str>, needle: &str) {
+        match parse(body) {
+            Err(Error::InvalidRequest {
+                param: got,
+                message,
+            }) => {
+                assert_eq!(got.as_deref(), param, "param for {body}: {message}");
+                assert!(
+                    message.contains(needle),
+                    "message for {body} was {message:?}, wanted {needle:?}"
+                );
+            }
+            other => panic!("{body} was not rejected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_full_request_and_ignores_unknown_fields() {
+        let request = parse(
+            r#"{"model":"m","messages":[
+                {"role":"system","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]},
+                {"role":"assistant","content":null,"tool_calls":[]},
+                {"role":"tool","content":"42","tool_call_id":"call_1"}],
+              "stream":true,"stream_options":{"include_usage":true},"temperature":0.5,"top_p":0.9,
+              "max_tokens":10,"max_completion_tokens":12,"stop":"\n","n":1,"presence_penalty":0.1,
+              "frequency_penalty":-0.1,"seed":7,"user":"u","logit_bias":{},"parallel_tool_calls":false}"#,
+        )
+        .expect("valid request");
+        assert!(request.stream && request.include_usage());
+        assert_eq!(request.messages[1].text(), "hi there");
+        assert_eq!(request.messages[3].role, Role::Tool);
+        assert_eq!(request.stop, Some(vec!["\n".to_owned()]));
+        assert_eq!(request.max_new_tokens(), Some(12));
+        assert_eq!(request.seed, Some(7));
+    }
+
+    #[test]
+    fn stop_as_array_and_nulls_are_accepted() {
+        let request = parse(
+            r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b"],"stream":null,"temperature":null}"#,
+        )
+        .expect("valid");
+        assert_eq!(request.stop, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert!(!request.stream);
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let user = r#""messages":[{"role":"user","content":"x"}]"#;
+        let cases: &[(String, Option<&str>, &str)] = &[
+            ("{".into(), None, "not valid JSON"),
+            ("[]".into(), None, "invalid request body"),
+            ("{}".into(), None, "missing field `messages`"),
+            (r#"{"messages":[]}"#.into(), Some("messages"), "at least one"),
+            (r#"{"messages":"hi"}"#.into(), Some("messages"), "expected a sequence"),
+            (
+                r#"{"messages":[{"role":"wizard","content":"x"}]}"#.into(),
+                Some("messages[0].role"),
+                "unknown variant `wizard`",
+            ),
+            (
+                r#"{"messages":[{"content":"x"}]}"#.into(),
+                Some("messages[0]"),
+                "missing field `role`",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":5}]}"#.into(),
+                Some("messages[0].content"),
+                "a string or an array of content parts",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#
+                    .into(),
+                Some("messages[0].content[0]"),
+                "`image_url` is not supported",
+            ),
+            (
+                r#"{"messages":[{"role":"user"}]}"#.into(),
+                Some("messages[0].content"),
+                "required for role `user`",
+            ),
+            (format!(r#"{{{user},"temperature":"hot"}}"#), Some("temperature"), "invalid type"),
+            (format!(r#"{{{user},"temperature":2.5}}"#), Some("temperature"), "between 0 and 2"),
+            (format!(r#"{{{user},"top_p":-0.1}}"#), Some("top_p"), "between 0 and 1"),
+            (format!(r#"{{{user},"max_tokens":-1}}"#), Some("max_tokens"), "-1"),
+            (format!(r#"{{{user},"max_tokens":0}}"#), Some("max_tokens"), "at least 1"),
+            (
+                format!(r#"{{{user},"max_completion_tokens":1.5}}"#),
+                Some("max_completion_tokens"),
+                "invalid type",
+            ),
+            (format!(r#"{{{user},"n":0}}"#), Some("n"), "between 1 and 128"),
+            (format!(r#"{{{user},"stop":5}}"#), Some("stop"), "string or an array"),
+            (format!(r#"{{{user},"stop":["a","b","c","d","e"]}}"#), Some("stop"), "at most 4"),
+            (format!(r#"{{{user},"stop":["a",""]}}"#), Some("stop[1]"), "must not be empty"),
+            (format!(r#"{{{user},"presence_penalty":3}}"#), Some("presence_penalty"), "-2 and 2"),
+            (
+                format!(r#"{{{user},"frequency_penalty":-3}}"#),
+                Some("frequency_penalty"),
+                "-2 and 2",
+            ),
+            (format!(r#"{{{user},"stream":"yes"}}"#), Some("stream"), "invalid type"),
+            (
+                format!(r#"{{{user},"stream_options":{{"include_usage":1}}}}"#),
+                Some("stream_options.include_usage"),
+                "invalid type",
+            ),
+            (format!(r#"{{{user},"seed":"x"}}"#), Some("seed"), "invalid type"),
+            (format!(r#"{{{user}}} trailing"#), None, "not valid JSON"),
+        ];
+        for (body, param, needle) in cases {
+            check_rejected(body, *param, needle);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_and_invalid_utf8_are_errors_not_crashes() {
+        // Nesting inside a known field hits serde_json's recursion limit: a clean error.
+        let deep = format!(
+            r#"{{"messages":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(parse(&deep), Err(Error::InvalidRequest { .. })));
+        // Inside an unknown field it is skipped without recursion: accepted, no stack overflow.
+        let deep_unknown = format!(
+            r#"{{"messages":[{{"role":"user","content":"x"}}],"x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(parse(&deep_unknown).is_ok());
+        let mut bytes = br#"{"messages":[{"role":"user","content":""#.to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend_from_slice(br#""}]}"#);
+        assert!(ChatCompletionRequest::from_json(&bytes).is_err());
+    }
+}
