@@ -1,1 +1,97 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! - `ci`: the one local gate: rustfmt check, clippy with warnings denied on every target, the
+//!   whole test suite, and the docs with warnings denied.
+//! - `fuzz [SECONDS]`: runs every `cargo fuzz` target for a bounded time (needs a nightly
+//!   toolchain; installs `cargo-fuzz` if missing).
+
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The fuzz targets under `fuzz/fuzz_targets`.
+const FUZZ_TARGETS: &[&str] = &["sse_decoder", "chat_request"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("fuzz") => {
+            let seconds = match args.get(1) {
+                Some(text) => text
+                    .parse()
+                    .with_context(|| format!("`{text}` is not a number of seconds"))?,
+                None => 60,
+            };
+            fuzz(seconds)
+        }
+        _ => {
+            eprintln!("usage: cargo xtask ci | cargo xtask fuzz [SECONDS]");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn ci() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"], &[])?;
+    cargo(
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    cargo(&["test", "--workspace"], &[])?;
+    cargo(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    let root = workspace_root();
+    let have_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !have_fuzz {
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    for target in FUZZ_TARGETS {
+        run(Command::new("cargo")
+            .current_dir(root.join("fuzz"))
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=1024", "-max_len=65536", "-print_final_stats=1"]))?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root()).args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    run(&mut command)
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    eprintln!("xtask: {command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

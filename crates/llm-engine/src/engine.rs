@@ -1,0 +1,597 @@
+//! The engine handle: building it, admitting requests, and driving each one.
+//!
+//! Every request gets a task that owns it from submission to its final event:
+//! 1. It waits for a running slot (a semaphore of `max_num_seqs` permits). The queue in front
+//!    of it is bounded; a consumer that leaves while waiting ends the task before anything
+//!    reaches mistral.rs.
+//! 2. It counts the prompt's tokens with mistral.rs's own chat template and tokenizer, rejects
+//!    a prompt that leaves no room in the context, and caps `max_tokens` to what is left.
+//! 3. It drains mistral.rs's per-request channel as fast as tokens arrive into a bounded
+//!    buffer of deltas. mistral.rs awaits each send, so a task that stopped draining would
+//!    stall every sequence in the batch; instead, a consumer that lets the buffer fill is
+//!    cancelled with [`Error::SlowConsumer`].
+//! 4. Dropping the consumer (or the buffer filling) drops mistral.rs's receiver, and mistral.rs
+//!    stops that sequence at its next decode step.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use either::Either;
+use indexmap::IndexMap;
+use llm_protocol::{ChatCompletionRequest, FinishReason, Role, Usage};
+use mistralrs::core::{MistralRsBuilder, TokenizationRequest};
+use mistralrs::{
+    Constraint, DefaultSchedulerMethod, MistralRs, NormalRequest, Request, RequestMessage,
+    Response, SamplingParams, SchedulerConfig,
+};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::model::ModelSource;
+use crate::stats::{Counters, EngineStats, GaugeGuard};
+use crate::stop::{Filtered, StopFilter};
+use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, Timings};
+
+/// Capacity of each request's channel from mistral.rs. The request's task drains it at once,
+/// so it only absorbs scheduling jitter.
+const MISTRAL_CHANNEL: usize = 32;
+
+/// Chat messages in the shape mistral.rs's chat template expects.
+type MistralMessages = Vec<IndexMap<String, mistralrs::MessageContent>>;
+
+/// Configures and loads an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    model: ModelSource,
+    cache_dir: Option<PathBuf>,
+    served_name: Option<String>,
+    max_num_seqs: usize,
+    queue_limit: usize,
+    event_buffer: usize,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        Self {
+            model: ModelSource::Default,
+            cache_dir: None,
+            served_name: None,
+            max_num_seqs: 8,
+            queue_limit: 64,
+            event_buffer: 1024,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// The model to load (default: SmolLM2-135M-Instruct, fetched on first use).
+    #[must_use]
+    pub fn model(mut self, model: ModelSource) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Where the default model is cached (default: [`crate::default_cache_dir`]).
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// The name the model is served under (default: derived from the model source).
+    #[must_use]
+    pub fn served_name(mut self, name: impl Into<String>) -> Self {
+        self.served_name = Some(name.into());
+        self
+    }
+
+    /// How many requests generate at once, in one batch (default 8, at least 1).
+    #[must_use]
+    pub fn max_num_seqs(mut self, max_num_seqs: usize) -> Self {
+        self.max_num_seqs = max_num_seqs.max(1);
+        self
+    }
+
+    /// How many requests may wait for a running slot before new ones are refused with
+    /// [`Error::Overloaded`] (default 64).
+    #[must_use]
+    pub fn queue_limit(mut self, queue_limit: usize) -> Self {
+        self.queue_limit = queue_limit;
+        self
+    }
+
+    /// How many undelivered deltas one request may buffer before its consumer counts as too
+    /// slow and the request is cancelled (default 1024, at least 1).
+    #[must_use]
+    pub fn event_buffer(mut self, event_buffer: usize) -> Self {
+        self.event_buffer = event_buffer.max(1);
+        self
+    }
+
+    /// Fetches (if needed) and loads the model, and starts mistral.rs.
+    ///
+    /// # Errors
+    /// [`Error::ModelFetch`], [`Error::InvalidModel`] or [`Error::ModelLoad`].
+    ///
+    /// # Panics
+    /// If called outside a Tokio runtime.
+    pub async fn build(self) -> Result<Engine> {
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(crate::default_cache_dir);
+        let model = self.model.clone();
+        let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir))
+            .await
+            .map_err(|error| Error::ModelLoad {
+                model: self.model.default_name(),
+                source: error.into(),
+            })??;
+        let max_num_seqs = NonZeroUsize::new(self.max_num_seqs).unwrap_or(NonZeroUsize::MIN);
+        let scheduler = SchedulerConfig::DefaultScheduler {
+            method: DefaultSchedulerMethod::Fixed(max_num_seqs),
+        };
+        let mistral = MistralRsBuilder::new(pipeline, scheduler, false, None)
+            .build()
+            .await;
+        let context_length = mistral
+            .max_sequence_length(None)
+            .ok()
+            .flatten()
+            .unwrap_or(2048);
+        let name = self
+            .served_name
+            .clone()
+            .unwrap_or_else(|| self.model.default_name());
+        tracing::info!(model = %name, context_length, max_num_seqs = self.max_num_seqs, "engine ready");
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                mistral,
+                info: ModelInfo {
+                    name,
+                    context_length,
+                    created: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |since| since.as_secs()),
+                },
+                runtime: tokio::runtime::Handle::current(),
+                slots: Semaphore::new(self.max_num_seqs),
+                queue_limit: self.queue_limit,
+                event_buffer: self.event_buffer,
+                counters: Counters::default(),
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+}
+
+/// Facts about the served model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ModelInfo {
+    /// The name clients use.
+    pub name: String,
+    /// Prompt plus answer, in tokens.
+    pub context_length: usize,
+    /// Unix seconds when the model was loaded.
+    pub created: u64,
+}
+
+/// A cheap, cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.inner.info)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+struct Inner {
+    mistral: Arc<MistralRs>,
+    info: ModelInfo,
+    runtime: tokio::runtime::Handle,
+    slots: Semaphore,
+    queue_limit: usize,
+    event_buffer: usize,
+    counters: Counters,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl Engine {
+    /// A builder with the defaults: the default model, 8 running, 64 waiting.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The served model.
+    pub fn model(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> EngineStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Stops admitting requests: [`submit`](Self::submit) fails with
+    /// [`Error::ShuttingDown`] from now on, and requests still waiting for a slot end with it.
+    /// Running requests go on; drop their streams to stop them.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.slots.close();
+    }
+
+    /// Submits a chat request and returns its event stream at once; generation starts when a
+    /// running slot is free.
+    ///
+    /// # Errors
+    /// Fails immediately, before anything is queued, with:
+    /// - [`Error::InvalidRequest`] for a request that does not validate;
+    /// - [`Error::Unsupported`] for parameters this engine cannot honour (`n` above 1, `seed`);
+    /// - [`Error::Overloaded`] when the waiting queue is full;
+    /// - [`Error::ShuttingDown`] after [`close`](Self::close).
+    ///
+    /// A prompt too long for the context is reported as the stream's error event, since the
+    /// prompt is measured with the model's tokenizer once the request runs.
+    pub fn submit(&self, request: &ChatCompletionRequest) -> Result<ChatStream> {
+        request.validate()?;
+        let job = Job::from_request(request)?;
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let waiting = inner.counters.waiting.fetch_add(1, Ordering::AcqRel);
+        if waiting >= inner.queue_limit {
+            inner.counters.waiting.fetch_sub(1, Ordering::AcqRel);
+            Counters::add(&inner.counters.rejected, 1);
+            return Err(Error::Overloaded {
+                waiting,
+                limit: inner.queue_limit,
+            });
+        }
+        let (deltas, receiver) = mpsc::channel(inner.event_buffer);
+        let terminal = TerminalSlot::default();
+        let task = RequestTask {
+            inner: Arc::clone(inner),
+            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            job,
+            deltas,
+            terminal: Arc::clone(&terminal),
+            submitted: Instant::now(),
+        };
+        inner.runtime.spawn(task.run());
+        Ok(ChatStream::new(receiver, terminal))
+    }
+}
+
+/// What a request asks mistral.rs to do, converted once at submission.
+struct Job {
+    messages: MistralMessages,
+    sampling: SamplingParams,
+    max_tokens: Option<usize>,
+    stops: Vec<String>,
+}
+
+impl Job {
+    fn from_request(request: &ChatCompletionRequest) -> Result<Self> {
+        if request.n.is_some_and(|n| n != 1) {
+            return Err(Error::Unsupported {
+                param: "n",
+                reason: "only one choice per request is generated; send several requests instead",
+            });
+        }
+        if request.seed.is_some() {
+            return Err(Error::Unsupported {
+                param: "seed",
+                reason: "mistral.rs cannot seed sampling per request; use temperature 0 for \
+                         reproducible output",
+            });
+        }
+        let messages = request
+            .messages
+            .iter()
+            .map(|message| {
+                let role = match message.role {
+                    // Chat templates know `system`; `developer` is its newer name.
+                    Role::Developer => "system",
+                    other => other.as_str(),
+                };
+                IndexMap::from([
+                    ("role".to_owned(), Either::Left(role.to_owned())),
+                    ("content".to_owned(), Either::Left(message.text())),
+                ])
+            })
+            .collect();
+        let sampling = SamplingParams {
+            // OpenAI's default temperature is 1; 0 means greedy, which mistral.rs maps to argmax.
+            temperature: Some(request.temperature.unwrap_or(1.0)),
+            top_p: request.top_p,
+            top_k: None,
+            frequency_penalty: request.frequency_penalty.map(|value| value as f32),
+            presence_penalty: request.presence_penalty.map(|value| value as f32),
+            stop_toks: None,
+            n_choices: 1,
+            ..SamplingParams::neutral()
+        };
+        Ok(Self {
+            messages,
+            sampling,
+            max_tokens: request.max_new_tokens().map(|max| max as usize),
+            stops: request.stop.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// One request's task: see the module docs.
+struct RequestTask {
+    inner: Arc<Inner>,
+    id: u64,
+    job: Job,
+    deltas: mpsc::Sender<String>,
+    terminal: TerminalSlot,
+    submitted: Instant,
+}
+
+/// How a request's generation phase ended.
+enum Outcome {
+    Finished(Finish),
+    Failed(Error),
+    Cancelled,
+}
+
+impl RequestTask {
+    async fn run(self) {
+        let inner = Arc::clone(&self.inner);
+        let waiting = GaugeGuard::adopt(&inner.counters.waiting);
+        let permit = tokio::select! {
+            permit = inner.slots.acquire() => permit,
+            () = self.deltas.closed() => {
+                drop(waiting);
+                Counters::add(&inner.counters.cancelled, 1);
+                tracing::debug!(request = self.id, "cancelled while queued");
+                return;
+            }
+        };
+        drop(waiting);
+        let Ok(_permit) = permit else {
+            self.end(Outcome::Failed(Error::ShuttingDown));
+            return;
+        };
+        let _running = GaugeGuard::enter(&inner.counters.running);
+        let queue = self.submitted.elapsed();
+        let outcome = self.generate(queue).await;
+        self.end(outcome);
+    }
+
+    fn end(&self, outcome: Outcome) {
+        let counters = &self.inner.counters;
+        let event = match outcome {
+            Outcome::Finished(finish) => {
+                Counters::add(&counters.finished, 1);
+                EngineEvent::Finished(finish)
+            }
+            Outcome::Failed(error) => {
+                if matches!(error, Error::SlowConsumer { .. }) {
+                    Counters::add(&counters.cancelled, 1);
+                } else {
+                    Counters::add(&counters.failed, 1);
+                }
+                tracing::debug!(request = self.id, %error, "request failed");
+                EngineEvent::Error(error)
+            }
+            Outcome::Cancelled => {
+                Counters::add(&counters.cancelled, 1);
+                tracing::debug!(request = self.id, "cancelled while running");
+                return;
+            }
+        };
+        *self
+            .terminal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(event);
+        // Dropping `self.deltas` (with the task) then tells the stream the terminal is set.
+    }
+
+    async fn generate(&self, queue: Duration) -> Outcome {
+        let prompt_tokens = match self.count_prompt_tokens().await {
+            Ok(Some(count)) => count,
+            Ok(None) => return Outcome::Cancelled,
+            Err(error) => return Outcome::Failed(error),
+        };
+        let context = self.inner.info.context_length;
+        if prompt_tokens >= context {
+            return Outcome::Failed(Error::ContextOverflow {
+                prompt_tokens,
+                context,
+            });
+        }
+        let room = context - prompt_tokens;
+        let max_len = self.job.max_tokens.map_or(room, |max| max.min(room));
+        Counters::add(&self.inner.counters.prompt_tokens, prompt_tokens as u64);
+
+        let (sender, mut responses) = mpsc::channel(MISTRAL_CHANNEL);
+        let request = Request::Normal(Box::new(NormalRequest {
+            messages: RequestMessage::Chat {
+                messages: self.job.messages.clone(),
+                enable_thinking: None,
+                reasoning_effort: None,
+            },
+            sampling_params: SamplingParams {
+                max_len: Some(max_len),
+                ..self.job.sampling.clone()
+            },
+            response: sender,
+            return_logprobs: false,
+            // Always streaming: mistral.rs notices a dropped receiver only on a send, and a
+            // non-streaming request sends nothing until it is complete.
+            is_streaming: true,
+            id: usize::try_from(self.id).unwrap_or_default(),
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: None,
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        }));
+        if let Err(error) = self.send_to_mistral(request).await {
+            return Outcome::Failed(error);
+        }
+
+        let mut stops = StopFilter::new(self.job.stops.clone());
+        let mut timings = Timings {
+            queue,
+            ..Timings::default()
+        };
+        let mut tokens = 0u32;
+        let usage_of = |completion: u32| Usage::new(prompt_tokens as u32, completion);
+        loop {
+            let response = tokio::select! {
+                biased;
+                () = self.deltas.closed() => return Outcome::Cancelled,
+                response = responses.recv() => response,
+            };
+            let chunk = match response {
+                Some(Response::Chunk(chunk)) => chunk,
+                Some(Response::ModelError(message, _)) => {
+                    return Outcome::Failed(Error::Generation {
+                        source: message.into(),
+                    })
+                }
+                Some(Response::InternalError(source) | Response::ValidationError(source)) => {
+                    return Outcome::Failed(Error::Generation { source })
+                }
+                Some(_) => continue,
+                // mistral.rs sends no final chunk when the last token ends inside a UTF-8
+                // character; the sequence is over all the same.
+                None => {
+                    let text = stops.flush();
+                    if let Err(outcome) = self.emit(text, &mut timings) {
+                        return outcome;
+                    }
+                    timings.total = self.submitted.elapsed();
+                    return Outcome::Finished(Finish {
+                        reason: FinishReason::Stop,
+                        usage: usage_of(tokens),
+                        timings,
+                    });
+                }
+            };
+            let Some(choice) = chunk.choices.into_iter().next() else {
+                continue;
+            };
+            tokens += 1;
+            Counters::add(&self.inner.counters.generated_tokens, 1);
+            let text = choice.delta.content.unwrap_or_default();
+            let (text, stopped) = match stops.push(&text) {
+                Filtered::Pass(text) => (text, false),
+                Filtered::Stop(text) => (text, true),
+            };
+            let finish_reason = if stopped {
+                Some(FinishReason::Stop)
+            } else {
+                choice.finish_reason.map(|reason| match reason.as_str() {
+                    "length" => FinishReason::Length,
+                    _ => FinishReason::Stop,
+                })
+            };
+            let text = if finish_reason.is_some() && !stopped {
+                text + &stops.flush()
+            } else {
+                text
+            };
+            if let Err(outcome) = self.emit(text, &mut timings) {
+                return outcome;
+            }
+            if let Some(reason) = finish_reason {
+                let usage = match chunk.usage {
+                    Some(usage) if !stopped => {
+                        Usage::new(usage.prompt_tokens as u32, usage.completion_tokens as u32)
+                    }
+                    _ => usage_of(tokens),
+                };
+                timings.total = self.submitted.elapsed();
+                return Outcome::Finished(Finish {
+                    reason,
+                    usage,
+                    timings,
+                });
+            }
+        }
+    }
+
+    /// Hands a delta to the consumer without ever waiting for it.
+    fn emit(&self, text: String, timings: &mut Timings) -> Result<(), Outcome> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let at = self.submitted.elapsed();
+        match self.deltas.try_reserve() {
+            Ok(slot) => {
+                timings.time_to_first_token.get_or_insert(at);
+                timings.token_times.push(at);
+                slot.send(text);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(Outcome::Failed(Error::SlowConsumer {
+                buffered: self.inner.event_buffer,
+            })),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Outcome::Cancelled),
+        }
+    }
+
+    async fn send_to_mistral(&self, request: Request) -> Result<()> {
+        let sender = self
+            .inner
+            .mistral
+            .get_sender(None)
+            .map_err(|error| Error::Generation {
+                source: error.into(),
+            })?;
+        sender.send(request).await.map_err(|_| Error::Generation {
+            source: "the mistral.rs engine has stopped".into(),
+        })
+    }
+
+    /// Counts the prompt's tokens after the chat template, exactly as mistral.rs will prefill
+    /// it. `Ok(None)` when the consumer left meanwhile.
+    async fn count_prompt_tokens(&self) -> Result<Option<usize>> {
+        let (sender, mut receiver) = mpsc::channel(1);
+        self.send_to_mistral(Request::Tokenize(TokenizationRequest {
+            text: Either::Left(self.job.messages.clone()),
+            tools: None,
+            add_generation_prompt: true,
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: sender,
+        }))
+        .await?;
+        // mistral.rs panics if the reply's receiver is gone, so the receiver lives in a task of
+        // its own until the reply arrives, whatever happens to this request.
+        let (forward, answer) = tokio::sync::oneshot::channel();
+        self.inner.runtime.spawn(async move {
+            let _ = forward.send(receiver.recv().await);
+        });
+        tokio::select! {
+            () = self.deltas.closed() => Ok(None),
+            answer = answer => match answer {
+                Ok(Some(Ok(tokens))) => Ok(Some(tokens.len())),
+                Ok(Some(Err(error))) => Err(Error::Generation { source: error.into() }),
+                Ok(None) | Err(_) => Err(Error::Generation {
+                    source: "mistral.rs dropped the tokenization request".into(),
+                }),
+            },
+        }
+    }
+}

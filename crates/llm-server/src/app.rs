@@ -1,0 +1,74 @@
+//! Wiring: bind, load the model in the background, serve until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use llm_engine::Engine;
+use llm_transport::{Server, TransportConfig};
+use tokio::net::TcpListener;
+
+use crate::cli::Args;
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let address = SocketAddr::new(args.host, args.port);
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("could not listen on {address}"))?;
+    let mut config = TransportConfig::default();
+    config.body_limit = args.body_limit;
+    config.keep_alive_interval = Duration::from_secs_f64(args.keep_alive_secs);
+    config.header_read_timeout = Duration::from_secs_f64(args.header_timeout_secs);
+    let server = Server::new(config);
+
+    let mut builder = Engine::builder()
+        .model(args.model.clone().unwrap_or_default())
+        .max_num_seqs(usize::from(args.max_num_seqs))
+        .queue_limit(args.queue_limit)
+        .event_buffer(args.event_buffer as usize);
+    if let Some(name) = &args.served_model_name {
+        builder = builder.served_name(name);
+    }
+    if let Some(dir) = &args.cache_dir {
+        builder = builder.cache_dir(dir);
+    }
+    tracing::info!("listening on http://{address} (loading the model; /health answers 503 until it is ready)");
+
+    // The server answers /health (503) while the model loads; a failed load ends the process.
+    let serving = server.serve(listener, shutdown_signal(), Duration::from_secs_f64(args.shutdown_grace_secs));
+    tokio::pin!(serving);
+    let engine = tokio::select! {
+        engine = builder.build() => engine.context("the model could not be loaded")?,
+        result = &mut serving => return result.context("the server stopped"),
+    };
+    tracing::info!(
+        model = %engine.model().name,
+        "ready: OpenAI base URL http://{address}/v1, model `{}`",
+        engine.model().name
+    );
+    server.set_engine(engine);
+    serving.await.context("the server stopped")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

