@@ -38,7 +38,14 @@ fn main() -> Result<()> {
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     cargo(&["test", "--workspace"], &[])?;
@@ -64,7 +71,11 @@ fn fuzz(seconds: u64) -> Result<()> {
             .current_dir(root.join("fuzz"))
             .args(["+nightly", "fuzz", "run", target, "--"])
             .arg(format!("-max_total_time={seconds}"))
-            .args(["-rss_limit_mb=1024", "-max_len=65536", "-print_final_stats=1"]))?;
+            .args([
+                "-rss_limit_mb=1024",
+                "-max_len=65536",
+                "-print_final_stats=1",
+            ]))?;
     }
     Ok(())
 }

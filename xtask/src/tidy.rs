@@ -108,13 +108,22 @@ mod tests {
     fn protocol_is_pure() {
         let graph = Graph::load();
         let deps = graph.transitive("llm-protocol");
-        for banned in ["tokio", "hyper", "mistralrs", "mistralrs-core", "candle-core"] {
+        for banned in [
+            "tokio",
+            "hyper",
+            "mistralrs",
+            "mistralrs-core",
+            "candle-core",
+        ] {
             assert!(
                 !deps.contains(banned),
                 "llm-protocol must not depend on {banned}, even transitively"
             );
         }
-        assert!(ours(&deps).is_empty(), "llm-protocol depends on no other layer");
+        assert!(
+            ours(&deps).is_empty(),
+            "llm-protocol depends on no other layer"
+        );
     }
 
     #[test]
@@ -123,7 +132,10 @@ mod tests {
         let allowed: [(&str, &[&str]); 3] = [
             ("llm-engine", &["llm-protocol"]),
             ("llm-transport", &["llm-protocol", "llm-engine"]),
-            ("llm-server", &["llm-protocol", "llm-engine", "llm-transport"]),
+            (
+                "llm-server",
+                &["llm-protocol", "llm-engine", "llm-transport"],
+            ),
         ];
         for (layer, below) in allowed {
             let direct = graph.direct(layer);

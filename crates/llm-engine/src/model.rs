@@ -41,7 +41,10 @@ impl ModelSource {
             reason,
         };
         if path.is_file() {
-            return if path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf")) {
+            return if path
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
+            {
                 Ok(Self::Gguf(path.to_path_buf()))
             } else {
                 Err(invalid("a model file must be a .gguf file"))
@@ -51,7 +54,9 @@ impl ModelSource {
             return if path.join("config.json").is_file() && path.join("tokenizer.json").is_file() {
                 Ok(Self::Safetensors(path.to_path_buf()))
             } else {
-                Err(invalid("a model folder needs config.json and tokenizer.json"))
+                Err(invalid(
+                    "a model folder needs config.json and tokenizer.json",
+                ))
             };
         }
         let looks_like_hub_id = text.split('/').count() == 2
@@ -61,7 +66,9 @@ impl ModelSource {
         if looks_like_hub_id {
             Ok(Self::HuggingFace(text.to_owned()))
         } else {
-            Err(invalid("no such file or folder (a hub id looks like `org/name`)"))
+            Err(invalid(
+                "no such file or folder (a hub id looks like `org/name`)",
+            ))
         }
     }
 

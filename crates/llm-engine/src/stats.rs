@@ -10,6 +10,9 @@ pub struct EngineStats {
     pub running: usize,
     /// Requests waiting for a running slot.
     pub waiting: usize,
+    /// Requests handed to mistral.rs to generate. A request cancelled while it waited for a
+    /// slot is never counted here.
+    pub started: u64,
     /// Prompt tokens of every request that started generating.
     pub prompt_tokens: u64,
     /// Tokens generated, all requests together.
@@ -28,6 +31,7 @@ pub struct EngineStats {
 pub(crate) struct Counters {
     pub(crate) running: AtomicUsize,
     pub(crate) waiting: AtomicUsize,
+    pub(crate) started: AtomicU64,
     pub(crate) prompt_tokens: AtomicU64,
     pub(crate) generated_tokens: AtomicU64,
     pub(crate) finished: AtomicU64,
@@ -41,6 +45,7 @@ impl Counters {
         EngineStats {
             running: self.running.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
+            started: self.started.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             generated_tokens: self.generated_tokens.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),

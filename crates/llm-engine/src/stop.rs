@@ -87,7 +87,11 @@ mod tests {
     fn check_stop_sequences() {
         let cases: &[(&[&str], &[&str], (&str, bool))] = &[
             (&[], &["a", "b"], ("ab", false)),
-            (&["END"], &["hello ", "E", "N", "D", " more"], ("hello ", true)),
+            (
+                &["END"],
+                &["hello ", "E", "N", "D", " more"],
+                ("hello ", true),
+            ),
             (&["END"], &["hello EN", "d"], ("hello ENd", false)),
             (&["END"], &["xEND"], ("x", true)),
             (&["\n\n"], &["a\n", "b\n", "\nc"], ("a\nb", true)),

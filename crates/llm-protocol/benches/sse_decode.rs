@@ -37,8 +37,26 @@ impl Rng {
 
 /// Token texts as a chat model emits them: words, punctuation, Korean, emoji, escapes.
 const TOKENS: &[&str] = &[
-    " the", " of", " and", " streaming", " server", ",", ".", " 안녕", "하세요", " 👋", "\n",
-    " \"quoted\"", " tab\t", " model", " token", "s", " is", " a", " fast", " Rust",
+    " the",
+    " of",
+    " and",
+    " streaming",
+    " server",
+    ",",
+    ".",
+    " 안녕",
+    "하세요",
+    " 👋",
+    "\n",
+    " \"quoted\"",
+    " tab\t",
+    " model",
+    " token",
+    "s",
+    " is",
+    " a",
+    " fast",
+    " Rust",
 ];
 
 fn build_stream(rng: &mut Rng) -> (Bytes, usize, usize) {
@@ -69,7 +87,10 @@ fn build_stream(rng: &mut Rng) -> (Bytes, usize, usize) {
             let data = serde_json::to_string(&chunk).expect("chunks serialize");
             data_bytes += data.len();
             events += 1;
-            sse::write_event(&mut wire, &Event::data(data).with_id(format!("{id}.{position}")));
+            sse::write_event(
+                &mut wire,
+                &Event::data(data).with_id(format!("{id}.{position}")),
+            );
             if rng.below(64) == 0 {
                 sse::write_comment(&mut wire, "keep-alive");
             }
@@ -103,7 +124,9 @@ fn ours(pieces: &[Bytes]) -> (usize, usize) {
     let mut items = Vec::new();
     let (mut events, mut data_bytes) = (0, 0);
     for piece in pieces {
-        decoder.push(piece, &mut items).expect("benchmark stream is valid");
+        decoder
+            .push(piece, &mut items)
+            .expect("benchmark stream is valid");
         for item in items.drain(..) {
             if let SseItem::Event(event) = item {
                 events += 1;
@@ -147,10 +170,18 @@ fn main() {
     let (mut ours_times, mut theirs_times) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let start = Instant::now();
-        assert_eq!(ours(&pieces), (events, data_bytes), "llm-protocol decodes every event");
+        assert_eq!(
+            ours(&pieces),
+            (events, data_bytes),
+            "llm-protocol decodes every event"
+        );
         ours_times.push(start.elapsed());
         let start = Instant::now();
-        assert_eq!(theirs(&pieces), (events, data_bytes), "eventsource-stream decodes every event");
+        assert_eq!(
+            theirs(&pieces),
+            (events, data_bytes),
+            "eventsource-stream decodes every event"
+        );
         theirs_times.push(start.elapsed());
     }
     let (ours_time, theirs_time) = (median(ours_times), median(theirs_times));
@@ -184,7 +215,11 @@ fn write_report(report: &str) {
     let section = format!("{BEGIN}\n{report}{END}");
     let updated = match (current.find(BEGIN), current.find(END)) {
         (Some(begin), Some(end)) if begin < end => {
-            format!("{}{section}{}", &current[..begin], &current[end + END.len()..])
+            format!(
+                "{}{section}{}",
+                &current[..begin],
+                &current[end + END.len()..]
+            )
         }
         _ => format!("{current}\n{section}\n"),
     };

@@ -189,7 +189,9 @@ impl<'de> Deserialize<'de> for PartSeed {
     }
 }
 
-fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+fn one_or_many<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -201,9 +203,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<
         Some(value) => match OneOrMany::deserialize(value) {
             Ok(OneOrMany::One(one)) => Ok(Some(vec![one])),
             Ok(OneOrMany::Many(many)) => Ok(Some(many)),
-            Err(_) => Err(D::Error::custom(
-                "expected a string or an array of strings",
-            )),
+            Err(_) => Err(D::Error::custom("expected a string or an array of strings")),
         },
     }
 }
@@ -238,7 +238,10 @@ impl ChatCompletionRequest {
                     message,
                 }
             } else {
-                Error::invalid_param(path.clone(), format!("`{path}`: {}", strip_position(&inner)))
+                Error::invalid_param(
+                    path.clone(),
+                    format!("`{path}`: {}", strip_position(&inner)),
+                )
             }
         })?;
         json.end().map_err(|inner| Error::InvalidRequest {
@@ -321,7 +324,8 @@ impl ChatCompletionRequest {
 
     /// Whether the client asked for the usage-only chunk at the end of a stream.
     pub fn include_usage(&self) -> bool {
-        self.stream_options.is_some_and(|options| options.include_usage)
+        self.stream_options
+            .is_some_and(|options| options.include_usage)
     }
 }
 
@@ -408,8 +412,16 @@ mod tests {
             ("{".into(), None, "not valid JSON"),
             ("[]".into(), None, "invalid request body"),
             ("{}".into(), None, "missing field `messages`"),
-            (r#"{"messages":[]}"#.into(), Some("messages"), "at least one"),
-            (r#"{"messages":"hi"}"#.into(), Some("messages"), "expected a sequence"),
+            (
+                r#"{"messages":[]}"#.into(),
+                Some("messages"),
+                "at least one",
+            ),
+            (
+                r#"{"messages":"hi"}"#.into(),
+                Some("messages"),
+                "expected a sequence",
+            ),
             (
                 r#"{"messages":[{"role":"wizard","content":"x"}]}"#.into(),
                 Some("messages[0].role"),
@@ -436,33 +448,81 @@ mod tests {
                 Some("messages[0].content"),
                 "required for role `user`",
             ),
-            (format!(r#"{{{user},"temperature":"hot"}}"#), Some("temperature"), "invalid type"),
-            (format!(r#"{{{user},"temperature":2.5}}"#), Some("temperature"), "between 0 and 2"),
-            (format!(r#"{{{user},"top_p":-0.1}}"#), Some("top_p"), "between 0 and 1"),
-            (format!(r#"{{{user},"max_tokens":-1}}"#), Some("max_tokens"), "-1"),
-            (format!(r#"{{{user},"max_tokens":0}}"#), Some("max_tokens"), "at least 1"),
+            (
+                format!(r#"{{{user},"temperature":"hot"}}"#),
+                Some("temperature"),
+                "invalid type",
+            ),
+            (
+                format!(r#"{{{user},"temperature":2.5}}"#),
+                Some("temperature"),
+                "between 0 and 2",
+            ),
+            (
+                format!(r#"{{{user},"top_p":-0.1}}"#),
+                Some("top_p"),
+                "between 0 and 1",
+            ),
+            (
+                format!(r#"{{{user},"max_tokens":-1}}"#),
+                Some("max_tokens"),
+                "-1",
+            ),
+            (
+                format!(r#"{{{user},"max_tokens":0}}"#),
+                Some("max_tokens"),
+                "at least 1",
+            ),
             (
                 format!(r#"{{{user},"max_completion_tokens":1.5}}"#),
                 Some("max_completion_tokens"),
                 "invalid type",
             ),
-            (format!(r#"{{{user},"n":0}}"#), Some("n"), "between 1 and 128"),
-            (format!(r#"{{{user},"stop":5}}"#), Some("stop"), "string or an array"),
-            (format!(r#"{{{user},"stop":["a","b","c","d","e"]}}"#), Some("stop"), "at most 4"),
-            (format!(r#"{{{user},"stop":["a",""]}}"#), Some("stop[1]"), "must not be empty"),
-            (format!(r#"{{{user},"presence_penalty":3}}"#), Some("presence_penalty"), "-2 and 2"),
+            (
+                format!(r#"{{{user},"n":0}}"#),
+                Some("n"),
+                "between 1 and 128",
+            ),
+            (
+                format!(r#"{{{user},"stop":5}}"#),
+                Some("stop"),
+                "string or an array",
+            ),
+            (
+                format!(r#"{{{user},"stop":["a","b","c","d","e"]}}"#),
+                Some("stop"),
+                "at most 4",
+            ),
+            (
+                format!(r#"{{{user},"stop":["a",""]}}"#),
+                Some("stop[1]"),
+                "must not be empty",
+            ),
+            (
+                format!(r#"{{{user},"presence_penalty":3}}"#),
+                Some("presence_penalty"),
+                "-2 and 2",
+            ),
             (
                 format!(r#"{{{user},"frequency_penalty":-3}}"#),
                 Some("frequency_penalty"),
                 "-2 and 2",
             ),
-            (format!(r#"{{{user},"stream":"yes"}}"#), Some("stream"), "invalid type"),
+            (
+                format!(r#"{{{user},"stream":"yes"}}"#),
+                Some("stream"),
+                "invalid type",
+            ),
             (
                 format!(r#"{{{user},"stream_options":{{"include_usage":1}}}}"#),
                 Some("stream_options.include_usage"),
                 "invalid type",
             ),
-            (format!(r#"{{{user},"seed":"x"}}"#), Some("seed"), "invalid type"),
+            (
+                format!(r#"{{{user},"seed":"x"}}"#),
+                Some("seed"),
+                "invalid type",
+            ),
             (format!(r#"{{{user}}} trailing"#), None, "not valid JSON"),
         ];
         for (body, param, needle) in cases {

@@ -311,7 +311,9 @@ impl From<ApiError> for ErrorBody {
     }
 }
 
-fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+fn string_or_number<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     Ok(
         match Option::<serde_json::Value>::deserialize(deserializer)? {
             None | Some(serde_json::Value::Null) => None,

@@ -88,8 +88,7 @@ mod tests {
             r#"{"messages":[{"role":"user","content":"hi"}]}"#,
             r#"{"type":"chat","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
         ] {
-            let ClientMessage::Chat(request) = ClientMessage::from_json(text).expect("chat")
-            else {
+            let ClientMessage::Chat(request) = ClientMessage::from_json(text).expect("chat") else {
                 panic!("{text} is a chat request");
             };
             assert_eq!(request.messages[0].text(), "hi");
@@ -98,7 +97,10 @@ mod tests {
             ("[1]", None),
             ("nope", None),
             (r#"{"type":"dance"}"#, Some("type")),
-            (r#"{"messages":[{"role":"x","content":"hi"}]}"#, Some("messages[0].role")),
+            (
+                r#"{"messages":[{"role":"x","content":"hi"}]}"#,
+                Some("messages[0].role"),
+            ),
         ] {
             match ClientMessage::from_json(text) {
                 Err(Error::InvalidRequest { param: got, .. }) => {

@@ -32,10 +32,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.cache_dir {
         builder = builder.cache_dir(dir);
     }
-    tracing::info!("listening on http://{address} (loading the model; /health answers 503 until it is ready)");
+    tracing::info!(
+        "listening on http://{address} (loading the model; /health answers 503 until it is ready)"
+    );
 
     // The server answers /health (503) while the model loads; a failed load ends the process.
-    let serving = server.serve(listener, shutdown_signal(), Duration::from_secs_f64(args.shutdown_grace_secs));
+    let serving = server.serve(
+        listener,
+        shutdown_signal(),
+        Duration::from_secs_f64(args.shutdown_grace_secs),
+    );
     tokio::pin!(serving);
     let engine = tokio::select! {
         engine = builder.build() => engine.context("the model could not be loaded")?,

@@ -75,11 +75,19 @@ impl Error {
                 },
                 E::Unsupported { param, .. } => Class {
                     param: Some((*param).to_owned()),
-                    ..class(StatusCode::BAD_REQUEST, INVALID, Some("unsupported_parameter"))
+                    ..class(
+                        StatusCode::BAD_REQUEST,
+                        INVALID,
+                        Some("unsupported_parameter"),
+                    )
                 },
                 E::ContextOverflow { .. } => Class {
                     param: Some("messages".to_owned()),
-                    ..class(StatusCode::BAD_REQUEST, INVALID, Some("context_length_exceeded"))
+                    ..class(
+                        StatusCode::BAD_REQUEST,
+                        INVALID,
+                        Some("context_length_exceeded"),
+                    )
                 },
                 E::Overloaded { .. } => class(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -96,7 +104,9 @@ impl Error {
                     "server_error",
                     Some("shutting_down"),
                 ),
-                E::Timeout(_) => class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout")),
+                E::Timeout(_) => {
+                    class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout"))
+                }
                 _ => class(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
             },
             Self::InvalidRequest(llm_protocol::Error::InvalidRequest { param, .. }) => Class {

@@ -75,12 +75,19 @@ async fn route(state: &State, request: Request<Incoming>) -> Result<Response<Res
 
 fn health(state: &State) -> Result<Response<ResponseBody>> {
     state.engine()?;
-    Ok(json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()))
+    Ok(json_response(
+        StatusCode::OK,
+        br#"{"status":"ok"}"#.to_vec(),
+    ))
 }
 
 fn models(state: &State) -> Result<Response<ResponseBody>> {
     let info = state.engine()?.model();
-    let list = ModelList::new(vec![Model::new(info.name.clone(), info.created, "llm-stream")]);
+    let list = ModelList::new(vec![Model::new(
+        info.name.clone(),
+        info.created,
+        "llm-stream",
+    )]);
     Ok(json_response(
         StatusCode::OK,
         serde_json::to_vec(&list).expect("model lists serialize"),
@@ -115,7 +122,10 @@ async fn chat_completions(
         ));
         let mut response = Response::new(ResponseBody::Channel(receiver));
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         return Ok(response);
@@ -173,7 +183,10 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
 
 /// A fresh `chatcmpl-` id with 64 random bits.
 fn response_id() -> String {
-    format!("chatcmpl-{:016x}", RandomState::new().hash_one(Instant::now()))
+    format!(
+        "chatcmpl-{:016x}",
+        RandomState::new().hash_one(Instant::now())
+    )
 }
 
 fn unix_now() -> u64 {

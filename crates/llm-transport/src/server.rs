@@ -90,8 +90,14 @@ impl Server {
             engine.close();
         }
         tracing::info!("shutting down: waiting for open connections");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!(?grace, "connections still open after the grace period; closing");
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "connections still open after the grace period; closing"
+            );
         }
         Ok(())
     }

@@ -137,8 +137,5 @@ pub(crate) async fn pump(
 /// An error in the middle of a stream: the error object, then `[DONE]`.
 pub(crate) fn error_frames(error: Error) -> Vec<Bytes> {
     tracing::warn!(error = %error, detail = ?error, "stream ended with an error");
-    vec![
-        encode_json(&ErrorBody::from(error.to_api_error())),
-        done(),
-    ]
+    vec![encode_json(&ErrorBody::from(error.to_api_error())), done()]
 }

