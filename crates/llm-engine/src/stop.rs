@@ -83,9 +83,12 @@ mod tests {
         (out, false)
     }
 
+    /// Stop sequences, the pieces fed, and the expected text and whether it stopped.
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], (&'a str, bool));
+
     #[test]
     fn check_stop_sequences() {
-        let cases: &[(&[&str], &[&str], (&str, bool))] = &[
+        let cases: &[Case<'_>] = &[
             (&[], &["a", "b"], ("ab", false)),
             (
                 &["END"],
