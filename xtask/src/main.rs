@@ -15,7 +15,17 @@ use anyhow::{bail, Context, Result};
 /// The fuzz targets under `fuzz/fuzz_targets`.
 const FUZZ_TARGETS: &[&str] = &["sse_decoder", "chat_request"];
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),

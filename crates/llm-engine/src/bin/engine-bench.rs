@@ -122,7 +122,9 @@ async fn main() {
          | prompt processing ({} tokens) | {:.0} tok/s |\n\
          | generation, one stream | {:.1} tok/s |\n",
         median(short_ttft),
-        run_one(&engine, &request(&long_prompt, 1)).await.prompt_tokens,
+        run_one(&engine, &request(&long_prompt, 1))
+            .await
+            .prompt_tokens,
         median(prefill_rates),
         median(decode_rates),
     );
@@ -177,7 +179,11 @@ fn write_report(report: &str) {
     let section = format!("{BEGIN}\n{report}{END}");
     let updated = match (current.find(BEGIN), current.find(END)) {
         (Some(begin), Some(end)) if begin < end => {
-            format!("{}{section}{}", &current[..begin], &current[end + END.len()..])
+            format!(
+                "{}{section}{}",
+                &current[..begin],
+                &current[end + END.len()..]
+            )
         }
         _ => format!("{current}\n{section}\n"),
     };
