@@ -30,6 +30,14 @@ pub enum Error {
         /// Why it cannot be used.
         reason: &'static str,
     },
+    /// A GGUF file could not be converted to another weight format.
+    #[error("could not convert `{path}`: {detail}")]
+    Conversion {
+        /// The source file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
     /// mistral.rs failed to load the model.
     #[error("could not load the model `{model}`: {source}")]
     ModelLoad {

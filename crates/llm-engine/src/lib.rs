@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+mod convert;
 mod engine;
 mod error;
 mod fetch;
@@ -44,6 +45,7 @@ mod stats;
 mod stop;
 mod stream;
 
+pub use convert::{convert_gguf, converted_path, Conversion, WeightFormat};
 pub use engine::{Engine, EngineBuilder, ModelInfo};
 pub use error::{BoxError, Error, Result};
 pub use fetch::{

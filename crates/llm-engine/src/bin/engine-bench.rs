@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! cargo run -p llm-engine --bin engine-bench [-- --model PATH.gguf] [--rounds N]
+//! cargo run -p llm-engine --bin engine-bench -- --formats   # every weight format
 //! ```
 //!
 //! Figures are printed and written into `docs/benchmarks.md` between the `engine` markers.
@@ -12,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use llm_engine::{Engine, EngineEvent, ModelSource};
+use llm_engine::{convert_gguf, converted_path, Engine, EngineEvent, ModelSource, WeightFormat};
 use llm_protocol::{ChatCompletionRequest, ChatMessage, Role};
 
 const PROMPTS: [&str; 8] = [
@@ -67,6 +68,101 @@ async fn run_one(engine: &Engine, request: &ChatCompletionRequest) -> Run {
     panic!("stream ended without a final event")
 }
 
+/// Single-stream figures: medians over the rounds.
+struct SingleStream {
+    ttft_ms: f64,
+    prompt_tokens: u32,
+    prefill: f64,
+    decode: f64,
+}
+
+async fn single_stream(engine: &Engine, rounds: usize) -> SingleStream {
+    let long_prompt = format!(
+        "Summarise this text in one sentence: {}",
+        "The river flows through the valley, past farms and small towns, to the sea. ".repeat(24)
+    );
+    let (mut ttft, mut prefill, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    let mut prompt_tokens = 0;
+    for _ in 0..rounds {
+        let short = run_one(engine, &request("Hi!", 1)).await;
+        ttft.push(short.ttft.as_secs_f64() * 1e3);
+        let long = run_one(engine, &request(&long_prompt, 1)).await;
+        prompt_tokens = long.prompt_tokens;
+        prefill.push(f64::from(long.prompt_tokens) / long.ttft.as_secs_f64());
+        let story = run_one(engine, &request(PROMPTS[0], 128)).await;
+        let decode_time = story.total.saturating_sub(story.ttft).as_secs_f64();
+        decode.push(f64::from(story.generated.saturating_sub(1)) / decode_time);
+    }
+    SingleStream {
+        ttft_ms: median(ttft),
+        prompt_tokens,
+        prefill: median(prefill),
+        decode: median(decode),
+    }
+}
+
+/// Converts the default model to every weight format (once; cached next to it) and measures
+/// each on one stream, with a greedy answer to check the output stays sensible.
+async fn formats(rounds: usize) -> String {
+    let source = llm_engine::ensure_default_model(&llm_engine::default_cache_dir())
+        .expect("the default model is available");
+    let mut table = String::from(
+        "| weights | file | tensors converted | time to first token | prompt tok/s | generated tok/s | greedy answer to \"What is the capital of France?\" |\n|---|---|---|---|---|---|---|\n",
+    );
+    for format in WeightFormat::ALL {
+        let path = if format == WeightFormat::Q4_1 {
+            source.clone()
+        } else {
+            converted_path(&source, format)
+        };
+        let converted = if path.exists() || path == source {
+            "-".to_owned()
+        } else {
+            let (from, to) = (source.clone(), path.clone());
+            let stats = tokio::task::spawn_blocking(move || convert_gguf(&from, &to, format))
+                .await
+                .expect("conversion task")
+                .expect("conversion succeeds");
+            format!("{} of {}", stats.converted, stats.converted + stats.kept)
+        };
+        let size = std::fs::metadata(&path).map_or(0, |meta| meta.len()) >> 20;
+        let engine = match Engine::builder()
+            .model(ModelSource::Gguf(path))
+            .build()
+            .await
+        {
+            Ok(engine) => engine,
+            Err(error) => {
+                table.push_str(&format!(
+                    "| {} | {size} MiB | {converted} | load failed: {error} | | | |\n",
+                    format.name()
+                ));
+                continue;
+            }
+        };
+        run_one(&engine, &request("Hi", 8)).await;
+        let figures = single_stream(&engine, rounds).await;
+        let answer = engine
+            .submit(&request("What is the capital of France?", 24))
+            .expect("accepted")
+            .collect()
+            .await
+            .expect("answers")
+            .text
+            .replace(['\n', '|'], " ");
+        let row = format!(
+            "| {} | {size} MiB | {converted} | {:.0} ms | {:.0} | {:.1} | {answer} |\n",
+            format.name(),
+            figures.ttft_ms,
+            figures.prefill,
+            figures.decode
+        );
+        println!("{row}");
+        table.push_str(&row);
+    }
+    table
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -75,7 +171,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut model, mut rounds) = (ModelSource::Default, 3usize);
+    let (mut model, mut rounds, mut by_format) = (ModelSource::Default, 3usize, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--model" => {
@@ -88,8 +184,14 @@ async fn main() {
                     .and_then(|value| value.parse().ok())
                     .expect("--rounds needs a number");
             }
+            "--formats" => by_format = true,
             other => panic!("unknown argument {other}"),
         }
+    }
+    if by_format {
+        let table = formats(rounds).await;
+        write_report("engine-formats", &table);
+        return;
     }
     let engine = Engine::builder()
         .model(model)
@@ -100,33 +202,13 @@ async fn main() {
     // Warm up caches and thread pools.
     run_one(&engine, &request("Hi", 8)).await;
 
-    let mut short_ttft = Vec::new();
-    let mut decode_rates = Vec::new();
-    let mut prefill_rates = Vec::new();
-    let long_prompt = format!(
-        "Summarise this text in one sentence: {}",
-        "The river flows through the valley, past farms and small towns, to the sea. ".repeat(24)
-    );
-    for _ in 0..rounds {
-        let short = run_one(&engine, &request("Hi!", 1)).await;
-        short_ttft.push(short.ttft.as_secs_f64() * 1e3);
-        let long = run_one(&engine, &request(&long_prompt, 1)).await;
-        prefill_rates.push(f64::from(long.prompt_tokens) / long.ttft.as_secs_f64());
-        let story = run_one(&engine, &request(PROMPTS[0], 128)).await;
-        let decode_time = story.total.saturating_sub(story.ttft).as_secs_f64();
-        decode_rates.push(f64::from(story.generated.saturating_sub(1)) / decode_time);
-    }
+    let single = single_stream(&engine, rounds).await;
     let single = format!(
         "| metric | median of {rounds} |\n|---|---|\n\
          | time to first token, short prompt, idle engine | {:.0} ms |\n\
          | prompt processing ({} tokens) | {:.0} tok/s |\n\
          | generation, one stream | {:.1} tok/s |\n",
-        median(short_ttft),
-        run_one(&engine, &request(&long_prompt, 1))
-            .await
-            .prompt_tokens,
-        median(prefill_rates),
-        median(decode_rates),
+        single.ttft_ms, single.prompt_tokens, single.prefill, single.decode,
     );
     println!("{single}");
 
@@ -152,7 +234,7 @@ async fn main() {
         println!("{streams} streams: {rate:.1} tok/s");
     }
     println!("{concurrency}");
-    write_report(&format!("{single}\n{concurrency}"));
+    write_report("engine", &format!("{single}\n{concurrency}"));
 }
 
 /// Runs `streams` requests at once, each generating 128 tokens from its own prompt.
@@ -170,19 +252,22 @@ async fn run_concurrently(engine: &Engine, streams: usize) -> Vec<Run> {
     runs
 }
 
-/// Replaces the section between the markers in `docs/benchmarks.md`.
-fn write_report(report: &str) {
-    const BEGIN: &str = "<!-- engine:begin -->";
-    const END: &str = "<!-- engine:end -->";
+/// Replaces the section between `<!-- MARKER:begin -->` and `<!-- MARKER:end -->` in
+/// `docs/benchmarks.md`, or appends one.
+fn write_report(marker: &str, report: &str) {
+    let (begin, end) = (
+        format!("<!-- {marker}:begin -->"),
+        format!("<!-- {marker}:end -->"),
+    );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md");
     let current = std::fs::read_to_string(path).unwrap_or_default();
-    let section = format!("{BEGIN}\n{report}{END}");
-    let updated = match (current.find(BEGIN), current.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
+    let section = format!("{begin}\n{report}{end}");
+    let updated = match (current.find(&begin), current.find(&end)) {
+        (Some(from), Some(to)) if from < to => {
             format!(
                 "{}{section}{}",
-                &current[..begin],
-                &current[end + END.len()..]
+                &current[..from],
+                &current[to + end.len()..]
             )
         }
         _ => format!("{current}\n{section}\n"),
