@@ -30,7 +30,7 @@ use mistralrs::{
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::{Error, Result};
-use crate::model::ModelSource;
+use crate::model::{ModelSource, Weights};
 use crate::stats::{Counters, EngineStats, GaugeGuard};
 use crate::stop::{Filtered, StopFilter};
 use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, Timings};
@@ -46,6 +46,7 @@ type MistralMessages = Vec<IndexMap<String, mistralrs::MessageContent>>;
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
     model: ModelSource,
+    weights: Weights,
     cache_dir: Option<PathBuf>,
     served_name: Option<String>,
     max_num_seqs: usize,
@@ -57,6 +58,7 @@ impl Default for EngineBuilder {
     fn default() -> Self {
         Self {
             model: ModelSource::Default,
+            weights: Weights::Auto,
             cache_dir: None,
             served_name: None,
             max_num_seqs: 8,
@@ -71,6 +73,14 @@ impl EngineBuilder {
     #[must_use]
     pub fn model(mut self, model: ModelSource) -> Self {
         self.model = model;
+        self
+    }
+
+    /// The weight format to run a GGUF model in (default [`Weights::Auto`]: the default model
+    /// runs converted to Q8_0, a given file as it is).
+    #[must_use]
+    pub fn weights(mut self, weights: Weights) -> Self {
+        self.weights = weights;
         self
     }
 
@@ -123,8 +133,8 @@ impl EngineBuilder {
             .cache_dir
             .clone()
             .unwrap_or_else(crate::default_cache_dir);
-        let model = self.model.clone();
-        let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir))
+        let (model, weights) = (self.model.clone(), self.weights);
+        let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir, weights))
             .await
             .map_err(|error| Error::ModelLoad {
                 model: self.model.default_name(),

@@ -9,8 +9,34 @@ use mistralrs::core::{
 };
 use mistralrs::{AutoDeviceMapParams, Device, DeviceMapSetting, ModelDType, TokenSource};
 
+use crate::convert::{convert_gguf, converted_path, WeightFormat};
 use crate::error::{Error, Result};
 use crate::fetch;
+
+/// The weight format a GGUF model runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Weights {
+    /// The default model is converted to Q8_0 once (the fastest format on CPU measured in
+    /// `docs/benchmarks.md`); a model file given by the user runs as it is.
+    #[default]
+    Auto,
+    /// Run the weights in the format of the file.
+    Keep,
+    /// Convert a GGUF model to this format once, cached next to the file, and run that.
+    Convert(WeightFormat),
+}
+
+impl Weights {
+    /// Parses `auto`, `keep`, or a format name (`Q8_0`, `F32`, ...), in any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "keep" => Some(Self::Keep),
+            _ => WeightFormat::parse(text).map(Self::Convert),
+        }
+    }
+}
 
 /// The model to serve.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -87,14 +113,33 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model on the CPU with F32 compute. Blocking: run it off the async runtime.
-    pub(crate) fn load(&self, cache_dir: &Path) -> Result<Arc<tokio::sync::Mutex<dyn Pipeline>>> {
-        let (loader, model_id): (Box<dyn Loader>, String) = match self {
-            Self::Default => {
+    /// Loads the model on the CPU with F32 compute, converting GGUF weights first if `weights`
+    /// asks for it. Blocking: run it off the async runtime.
+    pub(crate) fn load(
+        &self,
+        cache_dir: &Path,
+        weights: Weights,
+    ) -> Result<Arc<tokio::sync::Mutex<dyn Pipeline>>> {
+        let (loader, model_id): (Box<dyn Loader>, String) = match (self, weights) {
+            (Self::Default, _) => {
                 let path = fetch::ensure_default_model(cache_dir)?;
-                return Self::Gguf(path).load(cache_dir);
+                let weights = match weights {
+                    Weights::Auto => Weights::Convert(WeightFormat::Q8_0),
+                    other => other,
+                };
+                return Self::Gguf(path).load(cache_dir, weights);
             }
-            Self::Gguf(path) => {
+            (Self::Gguf(path), Weights::Convert(format)) => {
+                let converted = ensure_converted(path, format)?;
+                return Self::Gguf(converted).load(cache_dir, Weights::Keep);
+            }
+            (Self::Safetensors(_) | Self::HuggingFace(_), Weights::Convert(_)) => {
+                return Err(Error::InvalidModel {
+                    model: self.default_name(),
+                    reason: "weight conversion applies to GGUF models only",
+                })
+            }
+            (Self::Gguf(path), _) => {
                 let absolute = std::path::absolute(path).map_err(|error| Error::ModelLoad {
                     model: path.display().to_string(),
                     source: error.into(),
@@ -120,11 +165,11 @@ impl ModelSource {
                 .build();
                 (loader, absolute.display().to_string())
             }
-            Self::Safetensors(path) => {
+            (Self::Safetensors(path), _) => {
                 let id = path.display().to_string();
                 (normal_loader(&id)?, id)
             }
-            Self::HuggingFace(id) => (normal_loader(id)?, id.clone()),
+            (Self::HuggingFace(id), _) => (normal_loader(id)?, id.clone()),
         };
         tracing::info!(model = %model_id, "loading the model");
         let started = std::time::Instant::now();
@@ -148,6 +193,33 @@ impl ModelSource {
         tracing::info!(model = %model_id, seconds = started.elapsed().as_secs_f32(), "model loaded");
         Ok(pipeline)
     }
+}
+
+/// Returns the converted copy of `source`, converting it first if it is not cached yet.
+fn ensure_converted(source: &Path, format: WeightFormat) -> Result<PathBuf> {
+    static CONVERT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CONVERT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let target = converted_path(source, format);
+    if target.is_file() {
+        return Ok(target);
+    }
+    tracing::info!(
+        source = %source.display(),
+        target = %target.display(),
+        "converting the weights to {} once; later starts reuse the result",
+        format.name()
+    );
+    let started = std::time::Instant::now();
+    let done = convert_gguf(source, &target, format)?;
+    tracing::info!(
+        converted = done.converted,
+        kept = done.kept,
+        seconds = started.elapsed().as_secs_f32(),
+        "weights converted"
+    );
+    Ok(target)
 }
 
 fn normal_loader(model_id: &str) -> Result<Box<dyn Loader>> {

@@ -315,3 +315,59 @@ async fn unsupported_and_invalid_parameters_are_refused_not_ignored() {
     ));
     assert_eq!(engine.stats().started, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converted_weights_load_and_answer() {
+    let source = llm_engine::ensure_default_model(&llm_engine::default_cache_dir())
+        .expect("the default model is available");
+    let dir = std::env::temp_dir().join(format!("llm-engine-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let target = dir.join("smollm2.q4_0.gguf");
+    let done = tokio::task::spawn_blocking({
+        let (source, target) = (source.clone(), target.clone());
+        move || llm_engine::convert_gguf(&source, &target, llm_engine::WeightFormat::Q4_0)
+    })
+    .await
+    .expect("conversion task")
+    .expect("converts");
+    // 30 layers of 7 matrices plus the embedding; the 61 norms keep F32.
+    assert_eq!((done.converted, done.kept), (211, 61));
+    let engine = engine(
+        Engine::builder()
+            .model(llm_engine::ModelSource::Gguf(target))
+            .weights(llm_engine::Weights::Keep),
+    )
+    .await;
+    let answer = engine
+        .submit(&ask("What is the capital of France?", 24))
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("answers");
+    assert!(
+        answer.text.contains("Paris"),
+        "a sensible answer: {:?}",
+        answer.text
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn weight_choices_parse() {
+    use llm_engine::{WeightFormat, Weights};
+    assert_eq!(Weights::parse("auto"), Some(Weights::Auto));
+    assert_eq!(Weights::parse("KEEP"), Some(Weights::Keep));
+    assert_eq!(
+        Weights::parse("q8_0"),
+        Some(Weights::Convert(WeightFormat::Q8_0))
+    );
+    assert_eq!(
+        Weights::parse("Q4_K"),
+        Some(Weights::Convert(WeightFormat::Q4K))
+    );
+    assert_eq!(Weights::parse("q3"), None);
+    assert_eq!(
+        llm_engine::converted_path(std::path::Path::new("/m/x.Q4_1.gguf"), WeightFormat::F16),
+        std::path::Path::new("/m/x.Q4_1.as-F16.gguf")
+    );
+}

@@ -23,6 +23,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut builder = Engine::builder()
         .model(args.model.clone().unwrap_or_default())
+        .weights(args.weights)
         .max_num_seqs(usize::from(args.max_num_seqs))
         .queue_limit(args.queue_limit)
         .event_buffer(args.event_buffer as usize);

