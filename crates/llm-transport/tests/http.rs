@@ -16,7 +16,8 @@ struct TestServer {
     server: Server,
 }
 
-async fn start(builder: EngineBuilder, config: TransportConfig) -> TestServer {
+/// A server listening on a free loopback port, with no engine yet.
+async fn listen(config: TransportConfig) -> (Server, SocketAddr) {
     let server = Server::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -28,6 +29,11 @@ async fn start(builder: EngineBuilder, config: TransportConfig) -> TestServer {
             .serve(listener, std::future::pending(), Duration::from_secs(1))
             .await
     });
+    (server, address)
+}
+
+async fn start(builder: EngineBuilder, config: TransportConfig) -> TestServer {
+    let (server, address) = listen(config).await;
     let engine = builder.build().await.expect("the default model loads");
     server.set_engine(engine.clone());
     TestServer {
@@ -345,17 +351,7 @@ async fn errors_have_the_right_status_and_openai_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_until_the_model_is_ready() {
-    let server = Server::new(TransportConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let serving = server.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(listener, std::future::pending(), Duration::from_secs(1))
-            .await
-    });
+    let (server, address) = listen(TransportConfig::default()).await;
     let loading = exchange(address, &get("/health")).await;
     assert_eq!(loading.status, 503);
     assert_eq!(
