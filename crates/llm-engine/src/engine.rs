@@ -193,6 +193,18 @@ pub struct ModelInfo {
     pub created: u64,
 }
 
+impl ModelInfo {
+    /// Describes a served model; engines other than [`Engine`] (scripted ones in tests of the
+    /// layers above) build theirs with this.
+    pub fn new(name: impl Into<String>, context_length: usize, created: u64) -> Self {
+        Self {
+            name: name.into(),
+            context_length,
+            created,
+        }
+    }
+}
+
 /// A cheap, cloneable handle to a running engine.
 #[derive(Clone)]
 pub struct Engine {

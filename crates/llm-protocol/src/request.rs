@@ -65,6 +65,15 @@ pub struct ChatCompletionRequest {
     /// An end-user id, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Extension: keep the stream's events so that a client that loses the connection can
+    /// resume it with `Last-Event-ID` (`GET /v1/chat/completions/{id}/stream`). Only with
+    /// `stream`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub resumable: bool,
 }
 
 /// `stream_options` of a request.
@@ -285,6 +294,12 @@ impl ChatCompletionRequest {
                     format!("`n` must be between 1 and {MAX_CHOICES}, got {n}"),
                 ));
             }
+        }
+        if self.resumable && !self.stream {
+            return Err(Error::invalid_param(
+                "resumable",
+                "`resumable` applies to streams only; set `stream` to true",
+            ));
         }
         if let Some(stop) = &self.stop {
             if stop.len() > MAX_STOP_SEQUENCES {

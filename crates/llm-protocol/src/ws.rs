@@ -64,8 +64,9 @@ pub enum ServerMessage {
     Done {
         /// Why it ended.
         finish_reason: FinishReason,
-        /// Token counts.
-        usage: Usage,
+        /// Token counts; absent when the client cancelled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     /// The request failed or the message was invalid. The socket stays usable.
     Error {
@@ -123,7 +124,7 @@ mod tests {
             (
                 ServerMessage::Done {
                     finish_reason: FinishReason::Stop,
-                    usage: Usage::new(1, 2),
+                    usage: Some(Usage::new(1, 2)),
                 },
                 r#"{"type":"done","finish_reason":"stop","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
             ),

@@ -2,21 +2,54 @@
 
 use std::time::Duration;
 
-/// Limits and timings of the HTTP layer. Every limit has a name here and a flag in the server.
+use bytes::Bytes;
+
+/// Limits, timings and policies of the HTTP layer. Every limit has a name here and a flag in
+/// the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TransportConfig {
-    /// Largest accepted request body, in bytes; larger bodies get 413.
+    /// Largest accepted request body, in bytes; larger bodies get 413. Also the largest
+    /// WebSocket message.
     pub body_limit: usize,
     /// How long a client may take to send its request headers before the connection is
     /// closed, so that slow clients cannot hold connections forever.
     pub header_read_timeout: Duration,
     /// A comment line is sent on a stream that has been silent this long (queue wait, long
-    /// prefill), so that proxies with idle timeouts keep it open.
+    /// prefill), so that proxies with idle timeouts keep it open. WebSockets get a ping.
     pub keep_alive_interval: Duration,
     /// How many encoded chunks may wait for a slow client before the stream stops pulling from
     /// the engine (whose own per-request buffer then takes over).
     pub stream_buffer: usize,
+    /// Open connections beyond this get an immediate 503 and are closed.
+    pub max_connections: usize,
+    /// A non-streaming request that has not finished after this long gets 504 and its
+    /// generation is cancelled.
+    pub request_timeout: Duration,
+    /// API keys; empty means no authentication. `/v1/*`, `/stream` and `/ws/chat` then need
+    /// `Authorization: Bearer KEY` or, for browsers, `?api_key=KEY`.
+    pub api_keys: Vec<String>,
+    /// Origins allowed to call the API from a browser (`*` for any); empty disables CORS.
+    pub cors_origins: Vec<String>,
+    /// Replay buffers of resumable streams.
+    pub resume: ResumeConfig,
+    /// The page served at `/`; `None` answers 404 there.
+    pub index_html: Option<Bytes>,
+}
+
+/// How resumable streams are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResumeConfig {
+    /// A resumable stream with no client attached keeps generating this long, then is
+    /// cancelled.
+    pub grace: Duration,
+    /// A finished stream can be replayed this long after its end.
+    pub ttl: Duration,
+    /// The memory all replay buffers may hold together, in bytes. Past it, finished streams
+    /// are forgotten oldest first, and new resumable streams are refused while live ones fill
+    /// it.
+    pub budget: usize,
 }
 
 impl Default for TransportConfig {
@@ -26,6 +59,22 @@ impl Default for TransportConfig {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_interval: Duration::from_secs(15),
             stream_buffer: 64,
+            max_connections: 1024,
+            request_timeout: Duration::from_secs(300),
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            resume: ResumeConfig::default(),
+            index_html: None,
+        }
+    }
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+            ttl: Duration::from_secs(300),
+            budget: 64 << 20,
         }
     }
 }

@@ -46,6 +46,45 @@ pub enum Error {
     /// The model is still loading.
     #[error("the model is still loading; retry shortly")]
     Loading,
+    /// No valid API key.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A resume names a stream this server never had.
+    #[error("no resumable stream `{0}`")]
+    StreamNotFound(String),
+    /// A resume names a stream whose replay buffer has expired.
+    #[error("the stream `{0}` has expired and can no longer be resumed")]
+    StreamExpired(String),
+    /// A `Last-Event-ID` that does not name an event of the stream.
+    #[error("`Last-Event-ID` `{0}` does not name an event of this stream")]
+    InvalidLastEventId(String),
+    /// Live resumable streams fill the replay memory budget.
+    #[error(
+        "replay buffers are full ({budget} bytes); retry shortly, or request a stream \
+         without `resumable`"
+    )]
+    ReplayFull {
+        /// The configured budget.
+        budget: usize,
+    },
+    /// The server has as many connections as it accepts.
+    #[error("the server has reached its limit of {limit} connections; retry shortly")]
+    TooManyConnections {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A WebSocket chat message arrived while a generation runs on the socket.
+    #[error(
+        "a generation is already running on this socket; wait for `done` or send \
+         {{\"type\":\"cancel\"}}"
+    )]
+    Busy,
+    /// A WebSocket message that is not text.
+    #[error("only text messages with JSON are accepted")]
+    BinaryMessage,
+    /// A request to `/ws/chat` that is not a valid WebSocket upgrade.
+    #[error("not a WebSocket upgrade: {0}")]
+    InvalidUpgrade(&'static str),
 }
 
 /// Where an error stands in the table.
@@ -136,6 +175,36 @@ impl Error {
                 "server_error",
                 Some("model_loading"),
             ),
+            Self::Unauthorized(_) => {
+                class(StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key"))
+            }
+            Self::StreamNotFound(_) => {
+                class(StatusCode::NOT_FOUND, INVALID, Some("stream_not_found"))
+            }
+            Self::StreamExpired(_) => class(StatusCode::GONE, INVALID, Some("stream_expired")),
+            Self::InvalidLastEventId(_) => Class {
+                param: Some("last_event_id".to_owned()),
+                ..class(
+                    StatusCode::BAD_REQUEST,
+                    INVALID,
+                    Some("invalid_last_event_id"),
+                )
+            },
+            Self::ReplayFull { .. } => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("replay_budget_exhausted"),
+            ),
+            Self::TooManyConnections { .. } => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("too_many_connections"),
+            ),
+            Self::Busy => class(StatusCode::CONFLICT, INVALID, Some("generation_running")),
+            Self::BinaryMessage => class(StatusCode::BAD_REQUEST, INVALID, Some("binary_message")),
+            Self::InvalidUpgrade(_) => {
+                class(StatusCode::BAD_REQUEST, INVALID, Some("invalid_upgrade"))
+            }
         }
     }
 
@@ -155,14 +224,18 @@ impl Error {
         }
     }
 
+    /// The JSON error body.
+    pub(crate) fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody::from(self.to_api_error())).expect("error bodies serialize")
+    }
+
     /// The full response: status, JSON error body, and `Retry-After` where retrying helps.
     pub(crate) fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, detail = ?self, "request failed");
         }
-        let body = serde_json::to_vec(&ErrorBody::from(self.to_api_error()))
-            .expect("error bodies serialize");
+        let body = self.body();
         let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();

@@ -1,12 +1,20 @@
 //! The HTTP layer of an OpenAI-compatible streaming server, on bare `hyper` 1.x.
 //!
 //! - `POST /v1/chat/completions`, streaming (`"stream": true`, server-sent events) or not;
-//! - `GET /v1/models`, and `GET /health` (503 while the model loads, 200 once ready).
+//!   with `"resumable": true` a stream can be resumed after a lost connection at
+//!   `GET /v1/chat/completions/{id}/stream` with `Last-Event-ID`;
+//! - `GET /stream?q=...`: the same stream for the browser's `EventSource`, always resumable;
+//! - `GET /ws/chat`: chat over a WebSocket, several turns per socket, with cancellation;
+//! - `GET /v1/models`, `GET /health` (503 while the model loads), `GET /metrics` (Prometheus),
+//!   and an optional page at `/`;
+//! - API keys (`Authorization: Bearer`, or `?api_key=` for browsers), CORS with preflight.
 //!
 //! Every chunk is flushed as its own frame with `TCP_NODELAY`; a silent stream gets keep-alive
-//! comments; a client that disconnects cancels its generation at once; every error becomes
-//! OpenAI's error shape through one table ([`Error`]). The transport knows the engine only
-//! through `llm_engine`'s API.
+//! comments; a client that disconnects cancels its generation at once (a resumable one after
+//! a grace period); every limit is named in [`TransportConfig`]; every error becomes OpenAI's
+//! error shape through one table ([`Error`]). The transport knows the engine only through the
+//! [`Backend`] trait, which [`llm_engine::Engine`] implements and [`ScriptedEngine`] imitates
+//! for tests and benchmarks of this layer.
 //!
 //! # Example
 //!
@@ -24,13 +32,23 @@
 //! # }
 //! ```
 
+mod auth;
+mod backend;
 mod body;
 mod config;
+mod cors;
 mod error;
+mod eventsource;
+mod metrics;
+mod replay;
 mod routes;
+mod scripted;
 mod server;
 mod sse;
+mod websocket;
 
-pub use config::TransportConfig;
+pub use backend::{Backend, EventStream};
+pub use config::{ResumeConfig, TransportConfig};
 pub use error::{Error, Result};
+pub use scripted::{Script, ScriptedEngine};
 pub use server::Server;

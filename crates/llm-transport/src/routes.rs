@@ -6,30 +6,112 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use llm_engine::Engine;
 use llm_protocol::{
     AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, Model, ModelList, Role,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::auth::ApiKeys;
+use crate::backend::Backend;
 use crate::body::ResponseBody;
 use crate::config::TransportConfig;
+use crate::cors::Cors;
 use crate::error::{Error, Result};
-use crate::sse::{self, ChunkMeta};
+use crate::metrics::{self, Metrics};
+use crate::replay::{self, Lookup, ReplayLog, ReplayStore};
+use crate::server::{Deadline, Tasks};
+use crate::sse::{ChunkEncoder, ChunkMeta, Generation, RequestInfo};
+use crate::{eventsource, websocket};
 
 /// What every handler shares.
-#[derive(Debug)]
 pub(crate) struct State {
     pub(crate) config: TransportConfig,
-    pub(crate) engine: OnceLock<Engine>,
+    pub(crate) backend: OnceLock<Arc<dyn Backend>>,
+    pub(crate) keys: ApiKeys,
+    pub(crate) cors: Cors,
+    pub(crate) replay: Arc<ReplayStore>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Set once the shutdown grace has run out.
+    pub(crate) deadline: watch::Sender<bool>,
+    pub(crate) tasks: Tasks,
 }
 
 impl State {
-    fn engine(&self) -> Result<&Engine> {
-        self.engine.get().ok_or(Error::Loading)
+    pub(crate) fn backend(&self) -> Result<&Arc<dyn Backend>> {
+        self.backend.get().ok_or(Error::Loading)
+    }
+
+    pub(crate) fn deadline(&self) -> Deadline {
+        Deadline::new(&self.deadline)
+    }
+}
+
+/// Marks a streamed response: its log line is written when the stream ends.
+#[derive(Debug, Clone, Copy)]
+struct Streamed;
+
+/// The routes, with the methods each takes, its label in metrics, and whether it needs a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Index,
+    Health,
+    Metrics,
+    Models,
+    ChatCompletions,
+    Resume(String),
+    EventSource,
+    WebSocket,
+}
+
+impl Route {
+    fn find(path: &str) -> Option<Self> {
+        Some(match path {
+            "/" => Self::Index,
+            "/health" => Self::Health,
+            "/metrics" => Self::Metrics,
+            "/v1/models" => Self::Models,
+            "/v1/chat/completions" => Self::ChatCompletions,
+            "/stream" => Self::EventSource,
+            "/ws/chat" => Self::WebSocket,
+            _ => {
+                let id = path
+                    .strip_prefix("/v1/chat/completions/")?
+                    .strip_suffix("/stream")?;
+                if id.is_empty() || id.contains('/') {
+                    return None;
+                }
+                Self::Resume(id.to_owned())
+            }
+        })
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Self::ChatCompletions => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    /// The label in metrics: bounded, whatever the paths clients send.
+    fn endpoint(route: Option<&Self>) -> &'static str {
+        match route {
+            Some(Self::Index) => "/",
+            Some(Self::Health) => "/health",
+            Some(Self::Metrics) => "/metrics",
+            Some(Self::Models) => "/v1/models",
+            Some(Self::ChatCompletions) => "/v1/chat/completions",
+            Some(Self::Resume(_)) => "/v1/chat/completions/{id}/stream",
+            Some(Self::EventSource) => "/stream",
+            Some(Self::WebSocket) => "/ws/chat",
+            None => "other",
+        }
+    }
+
+    fn needs_key(&self) -> bool {
+        !matches!(self, Self::Index | Self::Health | Self::Metrics)
     }
 }
 
@@ -38,51 +120,108 @@ pub(crate) async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    let started = Instant::now();
+    let received = Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let response = route(&state, request)
-        .await
-        .unwrap_or_else(Error::into_response);
-    tracing::info!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        millis = started.elapsed().as_millis() as u64,
-        "request"
-    );
+    let route = Route::find(&path);
+    let info = RequestInfo {
+        id: request_id(request.headers()),
+        endpoint: Route::endpoint(route.as_ref()),
+        received,
+    };
+    let origin = state.cors.allowed_origin(request.headers());
+    let mut response = if Cors::is_preflight(&method, request.headers()) {
+        state.cors.preflight(request.headers())
+    } else {
+        dispatch(&state, route, request, &info)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(request_id = %info.id, error = %error, "request refused");
+                error.into_response()
+            })
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&info.id) {
+        headers.insert("x-request-id", value);
+    }
+    state.cors.decorate(origin, headers);
+    state.metrics.request(info.endpoint, status);
+    if response.extensions().get::<Streamed>().is_none() {
+        tracing::info!(
+            request_id = %info.id,
+            %method,
+            path,
+            status,
+            millis = received.elapsed().as_secs_f64() * 1e3,
+            "request"
+        );
+    }
     Ok(response)
 }
 
-async fn route(state: &State, request: Request<Incoming>) -> Result<Response<ResponseBody>> {
+async fn dispatch(
+    state: &Arc<State>,
+    route: Option<Route>,
+    request: Request<Incoming>,
+    info: &RequestInfo,
+) -> Result<Response<ResponseBody>> {
     let path = request.uri().path();
-    let allowed: &[Method] = match path {
-        "/health" | "/v1/models" => &[Method::GET],
-        "/v1/chat/completions" => &[Method::POST],
-        _ => return Err(Error::NotFound(path.to_owned())),
+    let Some(route) = route else {
+        return Err(Error::NotFound(path.to_owned()));
     };
-    if !allowed.contains(request.method()) {
+    if request.method() != route.method() {
         return Err(Error::MethodNotAllowed {
             method: request.method().to_string(),
             path: path.to_owned(),
         });
     }
-    match path {
-        "/health" => health(state),
-        "/v1/models" => models(state),
-        _ => chat_completions(state, request).await,
+    if route.needs_key() {
+        state.keys.check(request.headers(), request.uri().query())?;
+    }
+    match route {
+        Route::Index => index(state),
+        Route::Health => health(state),
+        Route::Metrics => Ok(metrics(state)),
+        Route::Models => models(state),
+        Route::ChatCompletions => chat_completions(state, request, info).await,
+        Route::Resume(id) => resume_by_path(state, &request, &id),
+        Route::EventSource => eventsource::handle(state, &request, info),
+        Route::WebSocket => websocket::upgrade(state, request, info),
     }
 }
 
+fn index(state: &State) -> Result<Response<ResponseBody>> {
+    let Some(page) = state.config.index_html.clone() else {
+        return Err(Error::NotFound("/".to_owned()));
+    };
+    let mut response = Response::new(ResponseBody::full(page));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    Ok(response)
+}
+
 fn health(state: &State) -> Result<Response<ResponseBody>> {
-    state.engine()?;
+    state.backend()?;
     Ok(json_response(
         StatusCode::OK,
         br#"{"status":"ok"}"#.to_vec(),
     ))
 }
 
+fn metrics(state: &State) -> Response<ResponseBody> {
+    let stats = state.backend.get().map(|backend| backend.stats());
+    let mut response = Response::new(ResponseBody::full(state.metrics.render(stats)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
 fn models(state: &State) -> Result<Response<ResponseBody>> {
-    let info = state.engine()?.model();
+    let info = state.backend()?.model();
     let list = ModelList::new(vec![Model::new(
         info.name.clone(),
         info.created,
@@ -95,47 +234,107 @@ fn models(state: &State) -> Result<Response<ResponseBody>> {
 }
 
 async fn chat_completions(
-    state: &State,
+    state: &Arc<State>,
     request: Request<Incoming>,
+    info: &RequestInfo,
 ) -> Result<Response<ResponseBody>> {
     let body = read_body(request, state.config.body_limit).await?;
     let request = ChatCompletionRequest::from_json(&body)?;
-    let engine = state.engine()?;
-    let model = engine.model().name.clone();
-    if !request.model.is_empty() && request.model != model {
-        return Err(Error::ModelNotFound(request.model));
+    if !request.stream {
+        return complete(state, &request, info).await;
     }
-    let stream = engine.submit(&request)?;
+    let resumable = request.resumable;
+    start_stream(state, &request, info, resumable, None)
+}
+
+/// Starts a generation and answers with its event stream; a resumable one is written to a
+/// replay log first. `prelude` goes before the first event (the `retry:` of `/stream`).
+pub(crate) fn start_stream(
+    state: &Arc<State>,
+    request: &ChatCompletionRequest,
+    info: &RequestInfo,
+    resumable: bool,
+    prelude: Option<Bytes>,
+) -> Result<Response<ResponseBody>> {
+    let (generation, meta_id) = submit(state, request, info, resumable)?;
+    let config = &state.config;
+    let (sender, receiver) = mpsc::channel(config.stream_buffer);
+    if resumable {
+        // On refusal the generation is dropped before it started, which costs nothing.
+        let log = state.replay.create(&meta_id)?;
+        // The client is attached before the producer starts, so that the grace period only
+        // counts time with no client at all.
+        let follower = crate::sse::follow(
+            Arc::clone(&log),
+            0,
+            prelude,
+            sender,
+            config.keep_alive_interval,
+        );
+        state.tasks.spawn(crate::sse::produce(
+            generation,
+            Arc::clone(&log),
+            Arc::clone(&state.replay),
+            config.resume.grace,
+            state.deadline(),
+        ));
+        state.tasks.spawn(follower);
+    } else {
+        state.tasks.spawn(crate::sse::pump(
+            generation,
+            sender,
+            config.keep_alive_interval,
+            state.deadline(),
+        ));
+    }
+    Ok(event_stream_response(receiver))
+}
+
+/// Submits a request to the engine, checking the model name first.
+pub(crate) fn submit(
+    state: &State,
+    request: &ChatCompletionRequest,
+    info: &RequestInfo,
+    resumable: bool,
+) -> Result<(Generation, String)> {
+    let backend = state.backend()?;
+    let model = backend.model().name.clone();
+    if !request.model.is_empty() && request.model != model {
+        return Err(Error::ModelNotFound(request.model.clone()));
+    }
+    let stream = backend.submit(request)?;
     let meta = ChunkMeta {
         id: response_id(),
         created: unix_now(),
         model,
         include_usage: request.include_usage(),
     };
-    if request.stream {
-        let (sender, receiver) = mpsc::channel(state.config.stream_buffer);
-        tokio::spawn(sse::pump(
-            stream,
-            sender,
-            meta,
-            state.config.keep_alive_interval,
-        ));
-        let mut response = Response::new(ResponseBody::Channel(receiver));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        return Ok(response);
-    }
-    let completion = stream.collect().await?;
+    let id = meta.id.clone();
+    let encoder = ChunkEncoder::new(meta, resumable);
+    let generation = Generation::new(stream, encoder, Arc::clone(&state.metrics), info);
+    Ok((generation, id))
+}
+
+async fn complete(
+    state: &State,
+    request: &ChatCompletionRequest,
+    info: &RequestInfo,
+) -> Result<Response<ResponseBody>> {
+    let (mut generation, id) = submit(state, request, info, false)?;
+    let model = state.backend()?.model().name.clone();
+    let timeout = state.config.request_timeout;
+    let completion = match tokio::time::timeout(timeout, generation.collect()).await {
+        Ok(completion) => completion?,
+        Err(_) => {
+            generation.cancel("request timeout");
+            return Err(Error::Engine(llm_engine::Error::Timeout(timeout)));
+        }
+    };
     let body = ChatCompletion {
-        id: meta.id,
+        id,
         object: "chat.completion".to_owned(),
-        created: meta.created,
-        model: meta.model,
+        created: unix_now(),
+        model,
         choices: vec![Choice {
             index: 0,
             message: AssistantMessage {
@@ -147,10 +346,99 @@ async fn chat_completions(
         }],
         usage: Some(completion.finish.usage),
     };
-    Ok(json_response(
+    let mut response = json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).expect("completions serialize"),
-    ))
+    );
+    // The generation's own log line (with its tokens) stands for this request.
+    response.extensions_mut().insert(Streamed);
+    Ok(response)
+}
+
+/// `GET /v1/chat/completions/{id}/stream`, with `Last-Event-ID` or `?last_event_id=`.
+fn resume_by_path<B>(
+    state: &Arc<State>,
+    request: &Request<B>,
+    id: &str,
+) -> Result<Response<ResponseBody>> {
+    let last = match last_event_id(request) {
+        Some(text) => {
+            let (stream, number) =
+                replay::parse_event_id(&text).ok_or(Error::InvalidLastEventId(text.clone()))?;
+            if stream != id {
+                return Err(Error::InvalidLastEventId(text));
+            }
+            Some(number)
+        }
+        None => None,
+    };
+    resume(state, id, last, None)
+}
+
+/// The `Last-Event-ID` header, or the `last_event_id` query parameter for clients that
+/// cannot set headers.
+pub(crate) fn last_event_id<B>(request: &Request<B>) -> Option<String> {
+    if let Some(value) = request.headers().get("last-event-id") {
+        return value.to_str().ok().map(str::to_owned);
+    }
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "last_event_id")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Replays a resumable stream after event `last` (from its start with `None`), then follows
+/// it live.
+pub(crate) fn resume(
+    state: &Arc<State>,
+    id: &str,
+    last: Option<usize>,
+    prelude: Option<Bytes>,
+) -> Result<Response<ResponseBody>> {
+    let log: Arc<ReplayLog> = match state.replay.get(id) {
+        Lookup::Found(log) => log,
+        Lookup::Expired => return Err(Error::StreamExpired(id.to_owned())),
+        Lookup::Unknown => return Err(Error::StreamNotFound(id.to_owned())),
+    };
+    let from = last.map_or(0, |n| n + 1);
+    let (available, finished) = log.progress();
+    if from > available {
+        return Err(Error::InvalidLastEventId(format!("{id}:{}", from - 1)));
+    }
+    if finished && from == available {
+        // Nothing after the last event: 204 tells an EventSource to stop reconnecting.
+        let mut response = Response::new(ResponseBody::full(Vec::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        return Ok(response);
+    }
+    let (sender, receiver) = mpsc::channel(state.config.stream_buffer);
+    state.tasks.spawn(crate::sse::follow(
+        log,
+        from,
+        prelude,
+        sender,
+        state.config.keep_alive_interval,
+    ));
+    Ok(event_stream_response(receiver))
+}
+
+fn event_stream_response(receiver: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Channel(receiver));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response.extensions_mut().insert(Streamed);
+    response
+}
+
+/// `retry: MILLIS` alone in a block, sent first on `GET /stream` so that browsers reconnect
+/// quickly. With no `data:` field the block dispatches no event.
+pub(crate) fn retry_prelude(millis: u64) -> Bytes {
+    Bytes::from(format!("retry: {millis}\n\n"))
 }
 
 async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes> {
@@ -181,12 +469,23 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     response
 }
 
+/// The client's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("req-{:016x}", random_u64()), str::to_owned)
+}
+
+fn random_u64() -> u64 {
+    // Each RandomState has fresh random keys: hashing anything gives 64 random bits.
+    RandomState::new().hash_one(Instant::now())
+}
+
 /// A fresh `chatcmpl-` id with 64 random bits.
 fn response_id() -> String {
-    format!(
-        "chatcmpl-{:016x}",
-        RandomState::new().hash_one(Instant::now())
-    )
+    format!("chatcmpl-{:016x}", random_u64())
 }
 
 fn unix_now() -> u64 {

@@ -1,4 +1,4 @@
-//! The accept loop: connections, HTTP/1.1 and h2c, and graceful shutdown.
+//! The accept loop: connections and their limit, HTTP/1.1 and h2c, and graceful shutdown.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -8,39 +8,67 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use llm_engine::Engine;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
+use crate::auth::ApiKeys;
+use crate::backend::Backend;
 use crate::config::TransportConfig;
+use crate::cors::Cors;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::replay::ReplayStore;
 use crate::routes::{self, State};
+
+/// How long streams get to write their last event once the shutdown deadline has passed.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// The OpenAI-compatible HTTP server.
 ///
 /// It can listen before the model is loaded: `/health` answers 503 and the API answers
 /// 503 `model_loading` until [`set_engine`](Self::set_engine) is called.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Server {
     state: Arc<State>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.state.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
     /// A server with the given limits and no engine yet.
     pub fn new(config: TransportConfig) -> Self {
+        let (deadline, _) = watch::channel(false);
         Self {
             state: Arc::new(State {
+                keys: ApiKeys::new(&config.api_keys),
+                cors: Cors::new(&config.cors_origins),
+                replay: Arc::new(ReplayStore::new(config.resume.clone())),
+                metrics: Arc::new(Metrics::new()),
                 config,
-                engine: OnceLock::new(),
+                backend: OnceLock::new(),
+                deadline,
+                tasks: Tasks::default(),
             }),
         }
     }
 
-    /// Installs the engine once it is loaded. Later calls are ignored.
-    pub fn set_engine(&self, engine: Engine) {
-        let _ = self.state.engine.set(engine);
+    /// Installs the engine (the real [`llm_engine::Engine`], or any [`Backend`]) once it is
+    /// loaded. Later calls are ignored.
+    pub fn set_engine(&self, engine: impl Backend) {
+        let _ = self.state.backend.set(Arc::new(engine));
     }
 
-    /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
-    /// lets open connections finish for up to `grace`, and returns.
+    /// Serves connections from `listener` until `shutdown` completes. Then it stops accepting,
+    /// refuses new generations, and lets open streams finish for up to `grace`; streams still
+    /// open then end with an error event and `[DONE]` (WebSockets with an error message and a
+    /// close frame), and it returns.
     ///
     /// # Errors
     /// Never fails on a single connection's error (those are logged); only an accept loop that
@@ -51,12 +79,14 @@ impl Server {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> std::io::Result<()> {
+        let config = &self.state.config;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.state.config.header_read_timeout);
+            .header_read_timeout(config.header_read_timeout);
         let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(config.max_connections));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -71,10 +101,15 @@ impl Server {
                     }
                 },
             };
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                tokio::spawn(refuse(stream, config.max_connections));
+                continue;
+            };
             // Every chunk goes out as soon as it is written.
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
+            let open = self.state.metrics.connection();
             let state = Arc::clone(&self.state);
             let service = service_fn(move |request| routes::handle(Arc::clone(&state), request));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -83,22 +118,105 @@ impl Server {
                 if let Err(error) = connection.await {
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
+                drop((permit, open));
             });
         }
         drop(listener);
-        if let Some(engine) = self.state.engine.get() {
-            engine.close();
+        if let Some(backend) = self.state.backend.get() {
+            backend.close();
         }
-        tracing::info!("shutting down: waiting for open connections");
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        tracing::info!(?grace, "shutting down: letting open streams finish");
+        let tasks = self.state.tasks.clone();
+        let drained = async move {
+            graceful.shutdown().await;
+            tasks.idle().await;
+        };
+        tokio::pin!(drained);
+        if tokio::time::timeout(grace, &mut drained).await.is_err() {
             tracing::warn!(
                 ?grace,
-                "connections still open after the grace period; closing"
+                "streams still open after the grace period; ending them"
             );
+            self.state.deadline.send_replace(true);
+            if tokio::time::timeout(FINAL_FLUSH, &mut drained)
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections still open after their final events; closing");
+            }
         }
         Ok(())
+    }
+}
+
+/// Answers a connection over the limit with 503 in OpenAI's shape, then closes it.
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    let body = Error::TooManyConnections { limit }.body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(1), write)
+        .await
+        .is_err()
+    {
+        tracing::debug!("a refused connection did not take its 503");
+    }
+}
+
+/// Resolves once the shutdown deadline has passed: streams then end with an error event.
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline(watch::Receiver<bool>);
+
+impl Deadline {
+    pub(crate) fn new(sender: &watch::Sender<bool>) -> Self {
+        Self(sender.subscribe())
+    }
+
+    /// Cancel safe.
+    pub(crate) async fn reached(&mut self) {
+        if self.0.wait_for(|reached| *reached).await.is_err() {
+            // The server is gone: nothing will ever announce the deadline.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Tasks that outlive a request handler (stream pumps, resumable generations, WebSocket
+/// sessions), counted so that shutdown can wait for them.
+#[derive(Debug, Clone)]
+pub(crate) struct Tasks(Arc<watch::Sender<usize>>);
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Tasks {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let count = Arc::clone(&self.0);
+        count.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            struct Done(Arc<watch::Sender<usize>>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.send_modify(|n| *n -= 1);
+                }
+            }
+            let _done = Done(count);
+            task.await;
+        });
+    }
+
+    async fn idle(&self) {
+        let mut count = self.0.subscribe();
+        let _ = count.wait_for(|n| *n == 0).await;
     }
 }

@@ -4,19 +4,29 @@
 //! then a chunk with `finish_reason`, then (with `stream_options.include_usage`) a chunk with
 //! `"choices": []` and `usage`, then `data: [DONE]`. An error after the stream started is sent
 //! as `data: {"error": {...}}` followed by `data: [DONE]`. Each chunk is its own body frame,
-//! written as soon as it exists.
+//! written as soon as it exists. Events of resumable streams carry `id: RESPONSE:N`.
+//!
+//! A [`Generation`] turns engine events into frames; [`pump`] writes them straight to one
+//! client, [`produce`] appends them to a replay log that any number of clients read with
+//! [`follow`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use llm_engine::{ChatStream, EngineEvent};
+use futures_util::StreamExt;
+use llm_engine::{Completion, EngineEvent, Finish};
 use llm_protocol::{
     sse, ChatCompletionChunk, ChunkChoice, Delta, ErrorBody, FinishReason, Role, Usage,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::backend::EventStream;
 use crate::error::Error;
+use crate::metrics::{Metrics, RequestObserver};
+use crate::replay::{ReplayLog, ReplayStore};
+use crate::server::Deadline;
 
 /// What every chunk of one response repeats.
 #[derive(Debug, Clone)]
@@ -53,89 +63,411 @@ impl ChunkMeta {
     }
 }
 
-fn encode_json(value: &impl serde::Serialize) -> Bytes {
-    let json = serde_json::to_string(value).expect("chunks serialize");
-    let mut buf = BytesMut::with_capacity(json.len() + 8);
-    sse::write_data(&mut buf, &json);
-    buf.freeze()
-}
-
-fn done() -> Bytes {
-    let mut buf = BytesMut::new();
-    sse::write_done(&mut buf);
-    buf.freeze()
-}
-
-/// Pumps one engine stream into the response body channel until the end, an error, or the
-/// client leaving (which drops `stream`, and so cancels the generation at once).
-pub(crate) async fn pump(
-    mut stream: ChatStream,
-    body: mpsc::Sender<Bytes>,
+/// Encodes the events of one response, numbering them when the stream is resumable.
+#[derive(Debug)]
+pub(crate) struct ChunkEncoder {
     meta: ChunkMeta,
-    keep_alive: Duration,
-) {
-    let first = meta.chunk(
-        Delta {
+    resumable: bool,
+    next: u64,
+}
+
+impl ChunkEncoder {
+    pub(crate) fn new(meta: ChunkMeta, resumable: bool) -> Self {
+        Self {
+            meta,
+            resumable,
+            next: 0,
+        }
+    }
+
+    fn frame(&mut self, data: String) -> Bytes {
+        let id = self
+            .resumable
+            .then(|| format!("{}:{}", self.meta.id, self.next));
+        self.next += 1;
+        let event = sse::Event {
+            event: None,
+            data,
+            id,
+            retry: None,
+        };
+        let mut buf = BytesMut::with_capacity(event.data.len() + 48);
+        sse::write_event(&mut buf, &event);
+        buf.freeze()
+    }
+
+    fn json(&mut self, value: &impl serde::Serialize) -> Bytes {
+        self.frame(serde_json::to_string(value).expect("chunks serialize"))
+    }
+
+    fn done(&mut self) -> Bytes {
+        self.frame(sse::DONE.to_owned())
+    }
+
+    /// The opening chunk: the assistant role and empty content.
+    pub(crate) fn role(&mut self) -> Bytes {
+        let delta = Delta {
             role: Some(Role::Assistant),
             content: Some(String::new()),
-        },
-        None,
-    );
-    if body.send(encode_json(&first)).await.is_err() {
+        };
+        let chunk = self.meta.chunk(delta, None);
+        self.json(&chunk)
+    }
+
+    fn delta(&mut self, text: String) -> Bytes {
+        let delta = Delta {
+            role: None,
+            content: Some(text),
+        };
+        let chunk = self.meta.chunk(delta, None);
+        self.json(&chunk)
+    }
+
+    fn finish(&mut self, reason: FinishReason, usage: Option<Usage>) -> Vec<Bytes> {
+        let chunk = self.meta.chunk(Delta::default(), Some(reason));
+        let mut frames = vec![self.json(&chunk)];
+        if let Some(usage) = usage.filter(|_| self.meta.include_usage) {
+            let chunk = self.meta.usage_chunk(usage);
+            frames.push(self.json(&chunk));
+        }
+        frames.push(self.done());
+        frames
+    }
+
+    /// An error in the middle of a stream: the error object, then `[DONE]`.
+    pub(crate) fn error(&mut self, error: &Error) -> Vec<Bytes> {
+        let body = ErrorBody::from(error.to_api_error());
+        vec![self.json(&body), self.done()]
+    }
+}
+
+/// One generation being streamed: the engine's events, the encoder, and the bookkeeping that
+/// ends in the request's log line when it is dropped.
+pub(crate) struct Generation {
+    stream: EventStream,
+    pub(crate) encoder: ChunkEncoder,
+    observer: RequestObserver,
+    metrics: Arc<Metrics>,
+    request_id: String,
+    endpoint: &'static str,
+    outcome: Outcome,
+}
+
+/// How a generation ended, for the log.
+#[derive(Debug)]
+enum Outcome {
+    Open,
+    Finished(Finish),
+    Failed(String),
+    Cancelled(&'static str),
+}
+
+impl Generation {
+    pub(crate) fn new(
+        stream: EventStream,
+        encoder: ChunkEncoder,
+        metrics: Arc<Metrics>,
+        request: &RequestInfo,
+    ) -> Self {
+        Self {
+            stream,
+            encoder,
+            observer: RequestObserver::new(request.received),
+            metrics,
+            request_id: request.id.clone(),
+            endpoint: request.endpoint,
+            outcome: Outcome::Open,
+        }
+    }
+
+    /// The next engine event, recorded in the metrics. `None` after the last one.
+    pub(crate) async fn next_event(&mut self) -> Option<EngineEvent> {
+        if !matches!(self.outcome, Outcome::Open) {
+            return None;
+        }
+        let event = self.stream.next().await.unwrap_or_else(|| {
+            EngineEvent::Error(llm_engine::Error::Generation {
+                source: "the engine stream ended without a final event".into(),
+            })
+        });
+        match &event {
+            EngineEvent::Delta(_) => self.observer.delta(&self.metrics),
+            EngineEvent::Finished(finish) => {
+                self.observer.finished(&self.metrics, finish);
+                self.outcome = Outcome::Finished(finish.clone());
+            }
+            EngineEvent::Error(error) => {
+                self.observer.failed(&self.metrics);
+                self.outcome = Outcome::Failed(error.to_string());
+            }
+            _ => {}
+        }
+        Some(event)
+    }
+
+    /// The frames of the next event, and whether they end the stream.
+    pub(crate) async fn next_frames(&mut self) -> Option<(Vec<Bytes>, bool)> {
+        Some(match self.next_event().await? {
+            EngineEvent::Delta(text) => (vec![self.encoder.delta(text)], false),
+            EngineEvent::Finished(finish) => {
+                (self.encoder.finish(finish.reason, Some(finish.usage)), true)
+            }
+            EngineEvent::Error(error) => {
+                let error = Error::Engine(error);
+                tracing::warn!(request_id = %self.request_id, error = %error, detail = ?error,
+                    "stream ended with an error");
+                (self.encoder.error(&error), true)
+            }
+            _ => (Vec::new(), false),
+        })
+    }
+
+    /// Reads the whole answer for a non-streaming client.
+    pub(crate) async fn collect(&mut self) -> Result<Completion, llm_engine::Error> {
+        let mut text = String::new();
+        while let Some(event) = self.next_event().await {
+            match event {
+                EngineEvent::Delta(delta) => text.push_str(&delta),
+                EngineEvent::Finished(finish) => return Ok(Completion { text, finish }),
+                EngineEvent::Error(error) => return Err(error),
+                _ => {}
+            }
+        }
+        Err(llm_engine::Error::Generation {
+            source: "the generation already ended".into(),
+        })
+    }
+
+    /// Ends the generation early, with `why` in the log.
+    pub(crate) fn cancel(&mut self, why: &'static str) {
+        if matches!(self.outcome, Outcome::Open) {
+            self.outcome = Outcome::Cancelled(why);
+        }
+    }
+
+    /// Deltas seen so far.
+    pub(crate) fn deltas(&self) -> usize {
+        self.observer.deltas
+    }
+
+    /// The frames that end a stream the server is shutting down.
+    fn shutdown_frames(&mut self) -> Vec<Bytes> {
+        self.cancel("server shutting down");
+        self.encoder
+            .error(&Error::Engine(llm_engine::Error::ShuttingDown))
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let ttft_ms = self
+            .observer
+            .time_to_first_token
+            .map(|ttft| ttft.as_secs_f64() * 1e3);
+        let millis = self.observer.elapsed().as_secs_f64() * 1e3;
+        let (outcome, prompt_tokens, completion_tokens) = match &self.outcome {
+            Outcome::Finished(finish) => (
+                finish.reason.as_str().to_owned(),
+                Some(finish.usage.prompt_tokens),
+                finish.usage.completion_tokens,
+            ),
+            Outcome::Failed(error) => (format!("error: {error}"), None, self.deltas() as u32),
+            Outcome::Cancelled(why) => (format!("cancelled: {why}"), None, self.deltas() as u32),
+            Outcome::Open => (
+                "cancelled: client gone".to_owned(),
+                None,
+                self.deltas() as u32,
+            ),
+        };
+        tracing::info!(
+            request_id = %self.request_id,
+            endpoint = self.endpoint,
+            status = 200,
+            ttft_ms,
+            prompt_tokens,
+            completion_tokens,
+            millis,
+            outcome,
+            "stream"
+        );
+    }
+}
+
+/// What the log and metrics need to know about a request.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestInfo {
+    pub(crate) id: String,
+    pub(crate) endpoint: &'static str,
+    pub(crate) received: std::time::Instant,
+}
+
+/// A comment line, then a blank line: clients that split the stream on blank lines (rather
+/// than parse it line by line) see it as one empty block and skip it.
+fn keep_alive_frame() -> Bytes {
+    Bytes::from_static(b": keep-alive\n\n")
+}
+
+async fn send_all(body: &mpsc::Sender<Bytes>, frames: Vec<Bytes>) -> bool {
+    for frame in frames {
+        if body.send(frame).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes one generation straight to one client, until its end, the client leaving (which
+/// drops the generation and so cancels it at once), or the shutdown deadline.
+pub(crate) async fn pump(
+    mut generation: Generation,
+    body: mpsc::Sender<Bytes>,
+    keep_alive: Duration,
+    mut deadline: Deadline,
+) {
+    let role = generation.encoder.role();
+    if body.send(role).await.is_err() {
         return;
     }
     let mut quiet_since = Instant::now();
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             biased;
-            () = body.closed() => return,
-            event = stream.next() => event,
-            () = tokio::time::sleep_until(quiet_since + keep_alive) => {
-                let mut buf = BytesMut::new();
-                sse::write_comment(&mut buf, "keep-alive");
-                if body.send(buf.freeze()).await.is_err() {
+            () = body.closed() => {
+                generation.cancel("client disconnected");
+                return;
+            }
+            () = deadline.reached() => {
+                let frames = generation.shutdown_frames();
+                send_all(&body, frames).await;
+                return;
+            }
+            step = generation.next_frames() => {
+                let Some((frames, end)) = step else { return };
+                if !send_all(&body, frames).await {
+                    generation.cancel("client disconnected");
+                    return;
+                }
+                if end {
                     return;
                 }
                 quiet_since = Instant::now();
-                continue;
             }
-        };
-        let (frames, last) = match event {
-            Some(EngineEvent::Delta(text)) => {
-                let delta = Delta {
-                    role: None,
-                    content: Some(text),
-                };
-                (vec![encode_json(&meta.chunk(delta, None))], false)
-            }
-            Some(EngineEvent::Finished(finish)) => {
-                let mut frames = vec![encode_json(
-                    &meta.chunk(Delta::default(), Some(finish.reason.clone())),
-                )];
-                if meta.include_usage {
-                    frames.push(encode_json(&meta.usage_chunk(finish.usage)));
+            () = tokio::time::sleep_until(quiet_since + keep_alive) => {
+                if body.send(keep_alive_frame()).await.is_err() {
+                    generation.cancel("client disconnected");
+                    return;
                 }
-                frames.push(done());
-                (frames, true)
-            }
-            Some(EngineEvent::Error(error)) => (error_frames(Error::Engine(error)), true),
-            Some(_) => continue,
-            None => return,
-        };
-        for frame in frames {
-            if body.send(frame).await.is_err() {
-                return;
+                quiet_since = Instant::now();
             }
         }
-        if last {
-            return;
-        }
-        quiet_since = Instant::now();
     }
 }
 
-/// An error in the middle of a stream: the error object, then `[DONE]`.
-pub(crate) fn error_frames(error: Error) -> Vec<Bytes> {
-    tracing::warn!(error = %error, detail = ?error, "stream ended with an error");
-    vec![encode_json(&ErrorBody::from(error.to_api_error())), done()]
+/// Runs one resumable generation into its replay log. With no client attached for `grace`,
+/// the generation is cancelled and the log ends with `finish_reason: "cancelled"`.
+pub(crate) async fn produce(
+    mut generation: Generation,
+    log: Arc<ReplayLog>,
+    store: Arc<ReplayStore>,
+    grace: Duration,
+    mut deadline: Deadline,
+) {
+    log.append(vec![generation.encoder.role()]);
+    let mut attached = log.attached();
+    let mut alone_since = (*attached.borrow_and_update() == 0).then(Instant::now);
+    loop {
+        tokio::select! {
+            biased;
+            () = deadline.reached() => {
+                log.append(generation.shutdown_frames());
+                break;
+            }
+            changed = attached.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let alone = *attached.borrow_and_update() == 0;
+                alone_since = match (alone, alone_since) {
+                    (true, None) => Some(Instant::now()),
+                    (true, since) => since,
+                    (false, _) => None,
+                };
+            }
+            () = sleep_until_some(alone_since.map(|since| since + grace)) => {
+                generation.cancel("no client within the resume grace period");
+                let frames = generation.encoder.finish(FinishReason::Cancelled, None);
+                log.append(frames);
+                break;
+            }
+            step = generation.next_frames() => {
+                let Some((frames, end)) = step else { break };
+                log.append(frames);
+                if end {
+                    break;
+                }
+            }
+        }
+    }
+    drop(generation);
+    store.finish(&log);
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a replay log to one client from event number `from`, then follows it live until its
+/// end, with keep-alive comments while it is silent. Leaving detaches the client; the
+/// generation goes on for its grace period.
+pub(crate) async fn follow(
+    log: Arc<ReplayLog>,
+    from: usize,
+    prelude: Option<Bytes>,
+    body: mpsc::Sender<Bytes>,
+    keep_alive: Duration,
+) {
+    let _attached = log.attach();
+    if let Some(prelude) = prelude {
+        if body.send(prelude).await.is_err() {
+            return;
+        }
+    }
+    let mut events = log.subscribe();
+    let mut position = from;
+    let mut quiet_since = Instant::now();
+    loop {
+        let (frames, finished) = {
+            let state = events.borrow_and_update();
+            let frames = state.frames.get(position..).unwrap_or_default().to_vec();
+            (frames, state.finished)
+        };
+        position += frames.len();
+        if !frames.is_empty() {
+            if !send_all(&body, frames).await {
+                return;
+            }
+            quiet_since = Instant::now();
+        }
+        if finished {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = body.closed() => return,
+            changed = events.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(quiet_since + keep_alive) => {
+                if body.send(keep_alive_frame()).await.is_err() {
+                    return;
+                }
+                quiet_since = Instant::now();
+            }
+        }
+    }
 }

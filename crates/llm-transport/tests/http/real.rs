@@ -1,143 +1,10 @@
-//! Wire tests: raw HTTP/1.1 bytes over a real socket against the server running the real
-//! default model. Where the format matters (SSE framing, headers), exact bytes are asserted.
+//! End to end with the real default model.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use llm_engine::Engine;
+use llm_protocol::{ChatCompletion, ChatStreamDecoder, StreamEvent};
+use llm_transport::TransportConfig;
 
-use llm_engine::{Engine, EngineBuilder};
-use llm_protocol::{ChatCompletion, ChatStreamDecoder, ErrorBody, StreamEvent};
-use llm_transport::{Server, TransportConfig};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-struct TestServer {
-    address: SocketAddr,
-    engine: Engine,
-    server: Server,
-}
-
-/// A server listening on a free loopback port, with no engine yet.
-async fn listen(config: TransportConfig) -> (Server, SocketAddr) {
-    let server = Server::new(config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let serving = server.clone();
-    tokio::spawn(async move {
-        serving
-            .serve(listener, std::future::pending(), Duration::from_secs(1))
-            .await
-    });
-    (server, address)
-}
-
-async fn start(builder: EngineBuilder, config: TransportConfig) -> TestServer {
-    let (server, address) = listen(config).await;
-    let engine = builder.build().await.expect("the default model loads");
-    server.set_engine(engine.clone());
-    TestServer {
-        address,
-        engine,
-        server,
-    }
-}
-
-/// A response read off the socket: status line, headers, and the body's chunks as framed.
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    /// One entry per HTTP chunk for chunked bodies; one entry for a sized body.
-    chunks: Vec<Vec<u8>>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn body(&self) -> Vec<u8> {
-        self.chunks.concat()
-    }
-}
-
-async fn send(address: SocketAddr, raw_request: &[u8]) -> BufReader<TcpStream> {
-    let mut socket = TcpStream::connect(address).await.expect("connect");
-    socket.write_all(raw_request).await.expect("write request");
-    BufReader::new(socket)
-}
-
-async fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
-    let mut line = String::new();
-    reader.read_line(&mut line).await.expect("status line");
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await.expect("header line");
-        let trimmed = line.trim_end_matches("\r\n");
-        if trimmed.is_empty() {
-            return (status, headers);
-        }
-        let (name, value) = trimmed.split_once(':').expect("a header has a colon");
-        headers.push((name.to_owned(), value.trim().to_owned()));
-    }
-}
-
-/// Reads one HTTP chunk; `None` at the terminating zero-size chunk.
-async fn read_chunk(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
-    let mut size_line = String::new();
-    reader.read_line(&mut size_line).await.expect("chunk size");
-    let size = usize::from_str_radix(size_line.trim_end(), 16).expect("hex chunk size");
-    let mut data = vec![0; size + 2];
-    reader.read_exact(&mut data).await.expect("chunk data");
-    assert!(data.ends_with(b"\r\n"), "chunk ends with CRLF");
-    data.truncate(size);
-    (size > 0).then_some(data)
-}
-
-async fn exchange(address: SocketAddr, raw_request: &[u8]) -> RawResponse {
-    let mut reader = send(address, raw_request).await;
-    let (status, headers) = read_head(&mut reader).await;
-    let mut response = RawResponse {
-        status,
-        headers,
-        chunks: Vec::new(),
-    };
-    if response.header("transfer-encoding") == Some("chunked") {
-        while let Some(chunk) = read_chunk(&mut reader).await {
-            response.chunks.push(chunk);
-        }
-    } else {
-        let length: usize = response
-            .header("content-length")
-            .map_or(0, |length| length.parse().expect("numeric length"));
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).await.expect("body");
-        response.chunks.push(body);
-    }
-    response
-}
-
-fn post(path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
-}
+use super::*;
 
 const ASK: &str = r#""temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"What is the capital of France?"}]"#;
 
@@ -267,11 +134,6 @@ async fn a_client_that_disconnects_cancels_its_generation() {
     panic!("not cancelled: {:?}", test.engine.stats());
 }
 
-fn error_of(response: &RawResponse) -> ErrorBody {
-    assert_eq!(response.header("content-type"), Some("application/json"));
-    serde_json::from_slice(&response.body()).expect("an OpenAI error body")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_have_the_right_status_and_openai_shape() {
     let mut config = TransportConfig::default();
@@ -377,4 +239,68 @@ async fn health_is_503_until_the_model_is_ready() {
         ),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_stream_of_the_real_model_matches_the_uninterrupted_answer() {
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let body = format!(r#"{{"stream":true,"resumable":true,{ASK}}}"#);
+    let mut reader = send(test.address, &post("/v1/chat/completions", &body)).await;
+    assert_eq!(read_head(&mut reader).await.0, 200);
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        let chunk = read_chunk(&mut reader).await.expect("a chunk");
+        first.push(String::from_utf8(chunk).expect("UTF-8"));
+    }
+    drop(reader);
+    let last = event_id(&first[4]).expect("an id").to_owned();
+    let (id, _) = last.rsplit_once(':').expect("RESPONSE:N");
+    let resume = request(
+        "GET",
+        &format!("/v1/chat/completions/{id}/stream"),
+        &[&format!("Last-Event-ID: {last}")],
+        "",
+    );
+    let rest = frames(&exchange(test.address, &resume).await);
+    let mut whole = first;
+    whole.extend(rest);
+    assert_eq!(streamed_text(&whole), plain_answer(test.address).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_conversation_with_the_real_model() {
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let mut socket = super::websocket::connect(test.address, "").await;
+    let question = r#"{"role":"user","content":"What is the capital of France?"}"#;
+    let first = format!(r#"{{"temperature":0,"max_tokens":24,"messages":[{question}]}}"#);
+    let (answer, done) = super::websocket::turn(&mut socket, &first).await;
+    assert_eq!(done["type"], "done");
+    assert_eq!(done["usage"]["completion_tokens"], 24);
+    assert_eq!(answer, plain_answer(test.address).await);
+    // The second turn carries the conversation so far.
+    let history = serde_json::json!([
+        serde_json::from_str::<serde_json::Value>(question).expect("JSON"),
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And of Germany?"},
+    ]);
+    let second = format!(r#"{{"temperature":0,"max_tokens":16,"messages":{history}}}"#);
+    let (reply, done) = super::websocket::turn(&mut socket, &second).await;
+    assert_eq!(done["type"], "done");
+    assert!(!reply.is_empty());
+    assert!(!reply.contains('\u{fffd}'));
+}
+
+/// The non-streaming answer to `ASK`.
+async fn plain_answer(address: SocketAddr) -> String {
+    let plain = exchange(
+        address,
+        &post("/v1/chat/completions", &format!("{{{ASK}}}")),
+    )
+    .await;
+    let completion: ChatCompletion = serde_json::from_slice(&plain.body()).expect("JSON");
+    completion.choices[0]
+        .message
+        .content
+        .clone()
+        .expect("content")
 }

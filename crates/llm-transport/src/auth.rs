@@ -1,0 +1,117 @@
+//! API keys: `Authorization: Bearer KEY`, or `?api_key=KEY` for browsers, whose `EventSource`
+//! and `WebSocket` cannot set headers.
+//!
+//! Keys are kept as SHA-256 digests and compared in constant time against every configured
+//! key, so neither the position of the first differing byte nor the key's length nor which key
+//! matched shows in the response time.
+
+use http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The configured keys, hashed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ApiKeys {
+    digests: Vec<[u8; 32]>,
+}
+
+impl ApiKeys {
+    pub(crate) fn new(keys: &[String]) -> Self {
+        Self {
+            digests: keys.iter().map(|key| digest(key)).collect(),
+        }
+    }
+
+    /// Checks the request's credentials when keys are configured.
+    pub(crate) fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<()> {
+        if self.digests.is_empty() {
+            return Ok(());
+        }
+        let presented = bearer(headers).or_else(|| query.and_then(query_key));
+        let Some(presented) = presented else {
+            return Err(Error::Unauthorized(
+                "no API key: send `Authorization: Bearer KEY` (browsers: `?api_key=KEY`)",
+            ));
+        };
+        let presented = digest(&presented);
+        let mut matched = 0u8;
+        for key in &self.digests {
+            matched |= constant_time_eq(key, &presented);
+        }
+        if matched == 1 {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized("the API key is not valid"))
+        }
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// 1 when equal, 0 otherwise, looking at every byte whatever the inputs.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> u8 {
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // 1 when `difference` is 0: (0 - 1) >> 8 sets the low bit only for zero.
+    (((u16::from(difference)).wrapping_sub(1) >> 8) & 1) as u8
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_key(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "api_key")
+        .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(
+                header::AUTHORIZATION,
+                value.parse().expect("a valid header value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn keys_from_header_or_query() {
+        let keys = ApiKeys::new(&["alpha".to_owned(), "beta key".to_owned()]);
+        let ok =
+            |auth: Option<&str>, query: Option<&str>| keys.check(&headers(auth), query).is_ok();
+        assert!(ok(Some("Bearer alpha"), None));
+        assert!(ok(Some("bearer beta key"), None));
+        assert!(ok(None, Some("q=hi&api_key=beta%20key")));
+        assert!(!ok(Some("Bearer alph"), None));
+        assert!(!ok(Some("Basic alpha"), None));
+        assert!(!ok(Some("alpha"), None));
+        assert!(!ok(None, Some("key=alpha")));
+        assert!(!ok(None, None));
+        assert!(ApiKeys::new(&[]).check(&headers(None), None).is_ok());
+    }
+
+    #[test]
+    fn constant_time_equality() {
+        let a = digest("a");
+        let mut b = a;
+        assert_eq!(constant_time_eq(&a, &b), 1);
+        b[31] ^= 0x80;
+        assert_eq!(constant_time_eq(&a, &b), 0);
+        b = a;
+        b[0] ^= 1;
+        assert_eq!(constant_time_eq(&a, &b), 0);
+    }
+}

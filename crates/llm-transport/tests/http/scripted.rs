@@ -1,0 +1,346 @@
+//! The transport's own behaviour, driven by a scripted engine: keep-alive, mid-stream errors,
+//! auth, CORS, request ids, metrics, limits, timeouts and shutdown.
+
+use std::time::Duration;
+
+use llm_transport::{Backend, Script, TransportConfig};
+
+use super::*;
+
+const STREAM: &str = r#"{"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const PLAIN: &str = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn words() -> Script {
+    Script::words("One two three four five.")
+}
+
+#[tokio::test]
+async fn a_silent_stream_gets_keep_alive_comments() {
+    let mut config = TransportConfig::default();
+    config.keep_alive_interval = Duration::from_millis(50);
+    let script = words().first_token_delay(Duration::from_millis(280));
+    let test = scripted(script, config).await;
+    let response = exchange(test.address, &post("/v1/chat/completions", STREAM)).await;
+    let frames = frames(&response);
+    assert!(frames[0].starts_with("data: {"), "the role chunk first");
+    let comments = frames
+        .iter()
+        .take_while(|frame| !frame.contains("\"content\":\"One\""))
+        .filter(|frame| *frame == ": keep-alive\n\n")
+        .count();
+    assert!(
+        (3..=6).contains(&comments),
+        "about one comment per 50 ms of the 280 ms wait, got {comments}: {frames:?}"
+    );
+    assert_eq!(streamed_text(&frames), "One two three four five.");
+    assert_eq!(frames.last().map(String::as_str), Some("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn an_error_mid_stream_is_an_error_event_then_done() {
+    let test = scripted(words().fail_after(2), TransportConfig::default()).await;
+    let response = exchange(test.address, &post("/v1/chat/completions", STREAM)).await;
+    assert_eq!(response.status, 200);
+    let frames = frames(&response);
+    assert_eq!(frames.len(), 5, "{frames:?}");
+    assert_eq!(streamed_text(&frames[..3]), "One two");
+    assert!(
+        frames[3].starts_with(r#"data: {"error":{"message":"#)
+            && frames[3].ends_with("\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n"),
+        "{}",
+        frames[3]
+    );
+    assert_eq!(frames[4], "data: [DONE]\n\n");
+    test.wait_idle().await;
+    assert_eq!(test.engine.stats().failed, 1);
+}
+
+#[tokio::test]
+async fn api_keys_guard_the_api_but_not_health_or_metrics() {
+    let mut config = TransportConfig::default();
+    config.api_keys = vec!["first".to_owned(), "second".to_owned()];
+    let test = scripted(words(), config).await;
+    let chat = "/v1/chat/completions";
+    for (path, headers, body, status) in [
+        (chat, vec![], PLAIN, 401),
+        (chat, vec!["Authorization: Bearer wrong"], PLAIN, 401),
+        (chat, vec!["Authorization: Bearer second"], PLAIN, 200),
+        ("/v1/models", vec![], "", 401),
+        ("/v1/models", vec!["Authorization: Bearer first"], "", 200),
+        ("/stream?q=hi", vec![], "", 401),
+        ("/stream?q=hi&api_key=first", vec![], "", 200),
+        ("/health", vec![], "", 200),
+        ("/metrics", vec![], "", 200),
+    ] {
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let response = exchange(test.address, &request(method, path, &headers, body)).await;
+        assert_eq!(response.status, status, "{path} {headers:?}");
+        if status == 401 {
+            let error = error_of(&response).error;
+            assert_eq!(error.kind, "invalid_request_error");
+            assert_eq!(error.code.as_deref(), Some("invalid_api_key"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn cors_preflight_and_headers_for_allowed_origins_only() {
+    let mut config = TransportConfig::default();
+    config.cors_origins = vec!["http://app.example".to_owned()];
+    config.api_keys = vec!["key".to_owned()];
+    let test = scripted(words(), config).await;
+    let preflight = |origin: &str| {
+        request(
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[
+                &format!("Origin: {origin}"),
+                "Access-Control-Request-Method: POST",
+                "Access-Control-Request-Headers: authorization, content-type",
+            ],
+            "",
+        )
+    };
+    // A preflight needs no key: browsers never send credentials with it.
+    let allowed = exchange(test.address, &preflight("http://app.example")).await;
+    assert_eq!(allowed.status, 204);
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    assert_eq!(
+        allowed.header("access-control-allow-methods"),
+        Some("GET, POST, OPTIONS")
+    );
+    assert_eq!(
+        allowed.header("access-control-allow-headers"),
+        Some("authorization, content-type, last-event-id, x-request-id")
+    );
+    let refused = exchange(test.address, &preflight("http://evil.example")).await;
+    assert_eq!(refused.status, 204);
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+
+    let actual = exchange(
+        test.address,
+        &request(
+            "POST",
+            "/v1/chat/completions",
+            &["Origin: http://app.example", "Authorization: Bearer key"],
+            PLAIN,
+        ),
+    )
+    .await;
+    assert_eq!(actual.status, 200);
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    assert_eq!(
+        actual.header("access-control-expose-headers"),
+        Some("x-request-id, retry-after")
+    );
+    // Errors carry the CORS headers too, so that scripts can read them.
+    let unauthorized = exchange(
+        test.address,
+        &request(
+            "POST",
+            "/v1/chat/completions",
+            &["Origin: http://app.example"],
+            PLAIN,
+        ),
+    )
+    .await;
+    assert_eq!(unauthorized.status, 401);
+    assert_eq!(
+        unauthorized.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let test = scripted(words(), TransportConfig::default()).await;
+    let echoed = exchange(
+        test.address,
+        &request("GET", "/health", &["X-Request-Id: trace-42"], ""),
+    )
+    .await;
+    assert_eq!(echoed.header("x-request-id"), Some("trace-42"));
+    let made = exchange(test.address, &get("/health")).await;
+    let id = made.header("x-request-id").expect("an id");
+    assert!(id.starts_with("req-") && id.len() == 20, "{id}");
+    // A header that is not a sane token is replaced, not echoed.
+    let replaced = exchange(
+        test.address,
+        &request(
+            "GET",
+            "/health",
+            &[&format!("X-Request-Id: {}", "x".repeat(200))],
+            "",
+        ),
+    )
+    .await;
+    assert!(replaced
+        .header("x-request-id")
+        .is_some_and(|id| id.starts_with("req-")));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_latencies() {
+    let script = words().interval(Duration::from_millis(5));
+    let test = scripted(script, TransportConfig::default()).await;
+    let stream = exchange(test.address, &post("/v1/chat/completions", STREAM)).await;
+    assert_eq!(stream.status, 200);
+    let plain = exchange(test.address, &post("/v1/chat/completions", PLAIN)).await;
+    assert_eq!(plain.status, 200);
+    let missing = exchange(test.address, &get("/nope")).await;
+    assert_eq!(missing.status, 404);
+    test.wait_idle().await;
+
+    let response = exchange(test.address, &get("/metrics")).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = String::from_utf8(response.body()).expect("UTF-8");
+    for line in [
+        "llm_requests_running 0",
+        "llm_requests_waiting 0",
+        "llm_generation_tokens_total 10",
+        "llm_requests_cancelled_total 0",
+        r#"llm_requests_total{endpoint="/v1/chat/completions",status="200"} 2"#,
+        r#"llm_requests_total{endpoint="other",status="404"} 1"#,
+        "llm_time_to_first_token_seconds_count 2",
+        "llm_inter_token_latency_seconds_count 8",
+        "llm_e2e_request_latency_seconds_count 2",
+        "llm_request_queue_time_seconds_count 2",
+        "llm_open_connections 1",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+    for name in [
+        "llm_prompt_tokens_total",
+        "llm_time_to_first_token_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "missing {name}");
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_503_at_once() {
+    let mut config = TransportConfig::default();
+    config.max_connections = 1;
+    let test = scripted(words(), config).await;
+    // One connection held open (HTTP/1.1 keep-alive after a request).
+    let mut held = send(test.address, &get("/health")).await;
+    assert_eq!(read_head(&mut held).await.0, 200);
+    let refused = exchange(test.address, &get("/health")).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        error_of(&refused).error.code.as_deref(),
+        Some("too_many_connections")
+    );
+    drop(held);
+    // The slot frees when the held connection closes.
+    for _ in 0..100 {
+        if exchange(test.address, &get("/health")).await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the connection slot was not released");
+}
+
+#[tokio::test]
+async fn a_slow_non_streaming_request_times_out_with_504_and_is_cancelled() {
+    let mut config = TransportConfig::default();
+    config.request_timeout = Duration::from_millis(100);
+    let test = scripted(words().interval(Duration::from_secs(1)), config).await;
+    let response = exchange(test.address, &post("/v1/chat/completions", PLAIN)).await;
+    assert_eq!(response.status, 504);
+    assert_eq!(error_of(&response).error.code.as_deref(), Some("timeout"));
+    test.wait_idle().await;
+    assert_eq!(test.engine.stats().cancelled, 1);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_do_not_block_others() {
+    let mut config = TransportConfig::default();
+    config.header_read_timeout = Duration::from_millis(200);
+    let test = scripted(words(), config).await;
+    let mut slow = TcpStream::connect(test.address).await.expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: te")
+        .await
+        .expect("partial headers");
+    // Others are served while the slow client dawdles.
+    assert_eq!(exchange(test.address, &get("/health")).await.status, 200);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the slow connection was closed by the header timeout"
+    );
+}
+
+#[tokio::test]
+async fn at_the_shutdown_deadline_open_streams_end_with_an_error_and_done() {
+    let script = Script::words(&"word ".repeat(200)).interval(Duration::from_millis(20));
+    let mut test = scripted_with_grace(
+        script,
+        TransportConfig::default(),
+        Duration::from_millis(300),
+    )
+    .await;
+    let mut reader = send(test.address, &post("/v1/chat/completions", STREAM)).await;
+    assert_eq!(read_head(&mut reader).await.0, 200);
+    read_chunk(&mut reader).await.expect("the role chunk");
+    test.shut_down();
+    // New requests are refused while the open stream finishes its grace.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut frames = Vec::new();
+    while let Some(chunk) = read_chunk(&mut reader).await {
+        frames.push(String::from_utf8(chunk).expect("UTF-8"));
+    }
+    let n = frames.len();
+    assert!(
+        n > 5,
+        "tokens kept flowing during the grace period: {frames:?}"
+    );
+    assert!(
+        frames[n - 2].contains(r#""code":"shutting_down""#),
+        "{}",
+        frames[n - 2]
+    );
+    assert_eq!(frames[n - 1], "data: [DONE]\n\n");
+    let served = tokio::time::timeout(Duration::from_secs(5), &mut test.serving)
+        .await
+        .expect("serve returns after the deadline");
+    assert!(served.expect("no panic").is_ok());
+    test.wait_idle().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_streams_finish_within_the_grace() {
+    let script = words().interval(Duration::from_millis(20));
+    let mut test =
+        scripted_with_grace(script, TransportConfig::default(), Duration::from_secs(5)).await;
+    let mut reader = send(test.address, &post("/v1/chat/completions", STREAM)).await;
+    assert_eq!(read_head(&mut reader).await.0, 200);
+    test.shut_down();
+    let mut frames = Vec::new();
+    while let Some(chunk) = read_chunk(&mut reader).await {
+        frames.push(String::from_utf8(chunk).expect("UTF-8"));
+    }
+    assert_eq!(streamed_text(&frames), "One two three four five.");
+    assert_eq!(frames.last().map(String::as_str), Some("data: [DONE]\n\n"));
+    let served = tokio::time::timeout(Duration::from_secs(2), &mut test.serving)
+        .await
+        .expect("serve returns once the stream is done");
+    assert!(served.expect("no panic").is_ok());
+}
