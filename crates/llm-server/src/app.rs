@@ -4,11 +4,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use llm_engine::Engine;
 use llm_transport::{Server, TransportConfig};
 use tokio::net::TcpListener;
 
 use crate::cli::Args;
+
+/// The chat page served at `/`.
+const CHAT_PAGE: &str = include_str!("chat.html");
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let address = SocketAddr::new(args.host, args.port);
@@ -19,6 +23,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.body_limit = args.body_limit;
     config.keep_alive_interval = Duration::from_secs_f64(args.keep_alive_secs);
     config.header_read_timeout = Duration::from_secs_f64(args.header_timeout_secs);
+    config.max_connections = args.max_connections as usize;
+    config.request_timeout = Duration::from_secs_f64(args.request_timeout_secs);
+    config.api_keys = args.api_keys.clone();
+    config.cors_origins = args.cors_origins.clone();
+    config.resume.grace = Duration::from_secs_f64(args.resume_grace_secs);
+    config.resume.ttl = Duration::from_secs_f64(args.replay_ttl_secs);
+    config.resume.budget = args.replay_budget_mb as usize * (1 << 20);
+    config.index_html = Some(Bytes::from_static(CHAT_PAGE.as_bytes()));
     let server = Server::new(config);
 
     let mut builder = Engine::builder()
@@ -34,6 +46,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.cache_dir(dir);
     }
     tracing::info!(
+        auth = if args.api_keys.is_empty() {
+            "off"
+        } else {
+            "api keys"
+        },
         "listening on http://{address} (loading the model; /health answers 503 until it is ready)"
     );
 
@@ -50,7 +67,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(
         model = %engine.model().name,
-        "ready: OpenAI base URL http://{address}/v1, model `{}`",
+        "ready: OpenAI base URL http://{address}/v1, model `{}`, chat page http://{address}/",
         engine.model().name
     );
     server.set_engine(engine);

@@ -66,6 +66,38 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_SHUTDOWN_GRACE_SECS", default_value_t = 30.0, value_parser = positive_seconds)]
     pub(crate) shutdown_grace_secs: f64,
 
+    /// Open connections accepted at once; more get an immediate 503.
+    #[arg(long, env = "LLM_STREAM_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+
+    /// Seconds a non-streaming request may take before it gets 504 and is cancelled.
+    #[arg(long, env = "LLM_STREAM_REQUEST_TIMEOUT_SECS", default_value_t = 300.0, value_parser = positive_seconds)]
+    pub(crate) request_timeout_secs: f64,
+
+    /// An API key clients must send (`Authorization: Bearer KEY`, or `?api_key=KEY` from
+    /// browsers). Repeat the flag for several keys; the variable takes a comma-separated list.
+    /// Without any key the API is open.
+    #[arg(long = "api-key", env = "LLM_STREAM_API_KEYS", value_delimiter = ',', hide_env_values = true, value_parser = non_empty)]
+    pub(crate) api_keys: Vec<String>,
+
+    /// An origin allowed to call the API from a browser (`*` for any). Repeat the flag for
+    /// several; the variable takes a comma-separated list. Without any, CORS is off.
+    #[arg(long = "cors-origin", env = "LLM_STREAM_CORS_ORIGINS", value_delimiter = ',', value_parser = non_empty)]
+    pub(crate) cors_origins: Vec<String>,
+
+    /// Seconds a resumable stream keeps generating with no client attached before it is
+    /// cancelled.
+    #[arg(long, env = "LLM_STREAM_RESUME_GRACE_SECS", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub(crate) resume_grace_secs: f64,
+
+    /// Seconds a finished resumable stream can still be replayed.
+    #[arg(long, env = "LLM_STREAM_REPLAY_TTL_SECS", default_value_t = 300.0, value_parser = positive_seconds)]
+    pub(crate) replay_ttl_secs: f64,
+
+    /// Megabytes all replay buffers may hold together.
+    #[arg(long, env = "LLM_STREAM_REPLAY_BUDGET_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) replay_budget_mb: u32,
+
     /// Log format.
     #[arg(long, env = "LLM_STREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub(crate) log_format: LogFormat,
@@ -90,6 +122,15 @@ fn parse_weights(text: &str) -> Result<Weights, String> {
             "`{text}` is not a weight format; use auto, keep, F32, F16, Q8_0, Q4_0, Q4_1 or Q4_K"
         )
     })
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        Err("the value must not be empty".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

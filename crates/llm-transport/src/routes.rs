@@ -152,7 +152,7 @@ pub(crate) async fn handle(
             %method,
             path,
             status,
-            millis = received.elapsed().as_secs_f64() * 1e3,
+            millis = crate::sse::log_millis(received.elapsed()),
             "request"
         );
     }

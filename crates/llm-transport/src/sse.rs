@@ -260,11 +260,8 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        let ttft_ms = self
-            .observer
-            .time_to_first_token
-            .map(|ttft| ttft.as_secs_f64() * 1e3);
-        let millis = self.observer.elapsed().as_secs_f64() * 1e3;
+        let ttft_ms = self.observer.time_to_first_token.map(log_millis);
+        let millis = log_millis(self.observer.elapsed());
         let (outcome, prompt_tokens, completion_tokens) = match &self.outcome {
             Outcome::Finished(finish) => (
                 finish.reason.as_str().to_owned(),
@@ -291,6 +288,11 @@ impl Drop for Generation {
             "stream"
         );
     }
+}
+
+/// Milliseconds with two decimals, for log lines.
+pub(crate) fn log_millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e5).round() / 100.0
 }
 
 /// What the log and metrics need to know about a request.
