@@ -1,7 +1,9 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! - `ci`: the one local gate: rustfmt check, clippy with warnings denied on every target, the
-//!   whole test suite, and the docs with warnings denied.
+//!   whole test suite, the docs with warnings denied, then the real-client tests
+//!   (`tests/clients/run.py`: the `openai` package, Chromium, nginx, WebSockets) against the
+//!   built server. `.ci/run` installs what those need.
 //! - `fuzz [SECONDS]`: runs every `cargo fuzz` target for a bounded time (needs a nightly
 //!   toolchain; installs `cargo-fuzz` if missing).
 
@@ -63,8 +65,59 @@ fn ci() -> Result<()> {
         &["doc", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    client_tests()?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
+}
+
+/// Builds the server and runs the real-client tests against it.
+fn client_tests() -> Result<()> {
+    let missing: Vec<&str> = [
+        (
+            "python3",
+            &["-c", "import openai, playwright, websockets"][..],
+        ),
+        ("chromium", &["--version"][..]),
+        ("nginx", &["-v"][..]),
+    ]
+    .into_iter()
+    .filter(|(program, args)| {
+        !Command::new(program)
+            .args(*args)
+            .output()
+            .is_ok_and(|output| output.status.success())
+    })
+    .map(|(program, _)| program)
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the real-client tests need {} (`.ci/run` installs them: `python3 -m pip install -r \
+             tests/clients/requirements.txt` and `apt-get install -y chromium nginx`)",
+            missing.join(", ")
+        );
+    }
+    cargo(&["build", "--workspace"], &[])?;
+    let server = target_dir()?.join("debug").join("llm-server");
+    run(Command::new("python3")
+        .current_dir(workspace_root())
+        .arg("tests/clients/run.py")
+        .arg("--server-bin")
+        .arg(server))
+}
+
+/// Where cargo puts build outputs (`CARGO_TARGET_DIR` or the workspace's `target`).
+fn target_dir() -> Result<PathBuf> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("could not run cargo metadata")?;
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
 }
 
 fn fuzz(seconds: u64) -> Result<()> {
