@@ -236,7 +236,21 @@ impl ChatCompletionRequest {
         let request: Self = serde_path_to_error::deserialize(&mut json).map_err(|error| {
             let path = error.path().to_string();
             let inner = error.into_inner();
-            if inner.is_syntax() || inner.is_eof() || path == "." {
+            let detail = strip_position(&inner);
+            // A missing field is named by its own path, not its parent's.
+            let missing = detail
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.strip_suffix('`'));
+            if let (".", Some(field)) = (path.as_str(), missing) {
+                Error::invalid_param(field.to_owned(), format!("`{field}` is required"))
+            } else if path != "."
+                && inner.is_syntax()
+                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+            {
+                // serde_json reports some wrong types (a number where an enum's name belongs)
+                // as syntax errors; in a body that is valid JSON they are the field's fault.
+                Error::invalid_param(path.clone(), format!("`{path}` has an invalid value"))
+            } else if inner.is_syntax() || inner.is_eof() || path == "." {
                 let message = if inner.is_data() {
                     format!("invalid request body: {inner}")
                 } else {
@@ -247,10 +261,11 @@ impl ChatCompletionRequest {
                     message,
                 }
             } else {
-                Error::invalid_param(
-                    path.clone(),
-                    format!("`{path}`: {}", strip_position(&inner)),
-                )
+                let path = match missing {
+                    Some(field) => format!("{path}.{field}"),
+                    None => path,
+                };
+                Error::invalid_param(path.clone(), format!("`{path}`: {detail}"))
             }
         })?;
         json.end().map_err(|inner| Error::InvalidRequest {
@@ -426,7 +441,7 @@ mod tests {
         let cases: &[(String, Option<&str>, &str)] = &[
             ("{".into(), None, "not valid JSON"),
             ("[]".into(), None, "invalid request body"),
-            ("{}".into(), None, "missing field `messages`"),
+            ("{}".into(), Some("messages"), "`messages` is required"),
             (
                 r#"{"messages":[]}"#.into(),
                 Some("messages"),
@@ -444,7 +459,7 @@ mod tests {
             ),
             (
                 r#"{"messages":[{"content":"x"}]}"#.into(),
-                Some("messages[0]"),
+                Some("messages[0].role"),
                 "missing field `role`",
             ),
             (

@@ -23,6 +23,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.body_limit = args.body_limit;
     config.keep_alive_interval = Duration::from_secs_f64(args.keep_alive_secs);
     config.header_read_timeout = Duration::from_secs_f64(args.header_timeout_secs);
+    config.header_limit = args.header_limit as usize;
     config.max_connections = args.max_connections as usize;
     config.request_timeout = Duration::from_secs_f64(args.request_timeout_secs);
     config.api_keys = args.api_keys.clone();

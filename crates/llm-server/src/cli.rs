@@ -58,6 +58,10 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_BODY_LIMIT", default_value_t = 4 << 20)]
     pub(crate) body_limit: usize,
 
+    /// Largest request head (request line plus headers), in bytes; larger ones get 431.
+    #[arg(long, env = "LLM_STREAM_HEADER_LIMIT", default_value_t = 64 << 10, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub(crate) header_limit: u32,
+
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "LLM_STREAM_HEADER_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_seconds)]
     pub(crate) header_timeout_secs: f64,

@@ -12,6 +12,8 @@ pub struct TransportConfig {
     /// Largest accepted request body, in bytes; larger bodies get 413. Also the largest
     /// WebSocket message.
     pub body_limit: usize,
+    /// Largest request head (request line and headers), in bytes; larger heads get 431.
+    pub header_limit: usize,
     /// How long a client may take to send its request headers before the connection is
     /// closed, so that slow clients cannot hold connections forever.
     pub header_read_timeout: Duration,
@@ -56,6 +58,7 @@ impl Default for TransportConfig {
     fn default() -> Self {
         Self {
             body_limit: 4 << 20,
+            header_limit: 64 << 10,
             header_read_timeout: Duration::from_secs(10),
             keep_alive_interval: Duration::from_secs(15),
             stream_buffer: 64,

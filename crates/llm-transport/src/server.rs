@@ -81,10 +81,16 @@ impl Server {
     ) -> std::io::Result<()> {
         let config = &self.state.config;
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's read buffer bounds the request head; it cannot be below 8 KiB.
+        let header_limit = config.header_limit.max(8192);
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout);
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(header_limit);
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(header_limit).unwrap_or(u32::MAX));
         let graceful = GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(config.max_connections));
         tokio::pin!(shutdown);
