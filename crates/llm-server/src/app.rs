@@ -24,6 +24,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.keep_alive_interval = Duration::from_secs_f64(args.keep_alive_secs);
     config.header_read_timeout = Duration::from_secs_f64(args.header_timeout_secs);
     config.header_limit = args.header_limit as usize;
+    config.stream_buffer = args.stream_buffer as usize;
     config.max_connections = args.max_connections as usize;
     config.request_timeout = Duration::from_secs_f64(args.request_timeout_secs);
     config.api_keys = args.api_keys.clone();
@@ -58,7 +59,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     // The server answers /health (503) while the model loads; a failed load ends the process.
     let serving = server.serve(
         listener,
-        shutdown_signal(),
+        llm_transport::shutdown_signal(),
         Duration::from_secs_f64(args.shutdown_grace_secs),
     );
     tokio::pin!(serving);
@@ -73,27 +74,4 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     server.set_engine(engine);
     serving.await.context("the server stopped")
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
 }

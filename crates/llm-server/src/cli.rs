@@ -70,6 +70,11 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_SHUTDOWN_GRACE_SECS", default_value_t = 30.0, value_parser = positive_seconds)]
     pub(crate) shutdown_grace_secs: f64,
 
+    /// Encoded chunks that may wait for one slow client before its stream stops pulling from
+    /// the engine (whose per-request buffer, --event-buffer, then takes over).
+    #[arg(long, env = "LLM_STREAM_STREAM_BUFFER", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) stream_buffer: u32,
+
     /// Open connections accepted at once; more get an immediate 503.
     #[arg(long, env = "LLM_STREAM_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections: u32,
@@ -98,7 +103,7 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_REPLAY_TTL_SECS", default_value_t = 300.0, value_parser = positive_seconds)]
     pub(crate) replay_ttl_secs: f64,
 
-    /// Megabytes all replay buffers may hold together.
+    /// Mebibytes (MiB) all replay buffers may hold together.
     #[arg(long, env = "LLM_STREAM_REPLAY_BUDGET_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) replay_budget_mb: u32,
 

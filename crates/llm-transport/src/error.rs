@@ -42,6 +42,8 @@ pub enum Error {
         method: String,
         /// The path.
         path: String,
+        /// The method the route takes, for the `Allow` header.
+        allow: &'static str,
     },
     /// The model is still loading.
     #[error("the model is still loading; retry shortly")]
@@ -82,6 +84,9 @@ pub enum Error {
     /// A WebSocket message that is not text.
     #[error("only text messages with JSON are accepted")]
     BinaryMessage,
+    /// A browser page from an origin that is not allowed opened a WebSocket.
+    #[error("WebSocket connections from origin `{0}` are not allowed; see --cors-origin")]
+    OriginNotAllowed(String),
     /// A request to `/ws/chat` that is not a valid WebSocket upgrade.
     #[error("not a WebSocket upgrade: {0}")]
     InvalidUpgrade(&'static str),
@@ -202,6 +207,9 @@ impl Error {
             ),
             Self::Busy => class(StatusCode::CONFLICT, INVALID, Some("generation_running")),
             Self::BinaryMessage => class(StatusCode::BAD_REQUEST, INVALID, Some("binary_message")),
+            Self::OriginNotAllowed(_) => {
+                class(StatusCode::FORBIDDEN, INVALID, Some("origin_not_allowed"))
+            }
             Self::InvalidUpgrade(_) => {
                 class(StatusCode::BAD_REQUEST, INVALID, Some("invalid_upgrade"))
             }
@@ -243,6 +251,9 @@ impl Error {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::MethodNotAllowed { allow, .. } = &self {
+            headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
         if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

@@ -51,4 +51,4 @@ pub use backend::{Backend, EventStream};
 pub use config::{ResumeConfig, TransportConfig};
 pub use error::{Error, Result};
 pub use scripted::{Script, ScriptedEngine};
-pub use server::Server;
+pub use server::{shutdown_signal, Server};

@@ -81,6 +81,12 @@ impl ReplayLog {
 #[derive(Debug)]
 pub(crate) struct Attached(Arc<ReplayLog>);
 
+impl Attached {
+    pub(crate) fn log(&self) -> &Arc<ReplayLog> {
+        &self.0
+    }
+}
+
 impl Drop for Attached {
     fn drop(&mut self) {
         self.0.attached.send_modify(|count| *count -= 1);
@@ -138,15 +144,7 @@ impl ReplayStore {
     /// [`Error::ReplayFull`] when live streams alone fill the memory budget.
     pub(crate) fn create(&self, id: &str) -> Result<Arc<ReplayLog>> {
         let mut inner = self.lock();
-        self.expire(&mut inner, Instant::now());
-        while self.bytes() >= self.config.budget {
-            let Some((_, oldest)) = inner.ended.pop_front() else {
-                return Err(Error::ReplayFull {
-                    budget: self.config.budget,
-                });
-            };
-            self.forget(&mut inner, oldest, Instant::now());
-        }
+        self.make_room(&mut inner)?;
         let log = Arc::new(ReplayLog {
             id: id.to_owned(),
             state: watch::Sender::new(LogState::default()),
@@ -155,6 +153,28 @@ impl ReplayStore {
         });
         inner.logs.insert(id.to_owned(), Arc::clone(&log));
         Ok(log)
+    }
+
+    /// Checks that a new log would fit, forgetting ended ones if needed.
+    ///
+    /// # Errors
+    /// [`Error::ReplayFull`] when live streams alone fill the memory budget.
+    pub(crate) fn check_room(&self) -> Result<()> {
+        let mut inner = self.lock();
+        self.make_room(&mut inner)
+    }
+
+    fn make_room(&self, inner: &mut Inner) -> Result<()> {
+        self.expire(inner, Instant::now());
+        while self.bytes() >= self.config.budget {
+            let Some((_, oldest)) = inner.ended.pop_front() else {
+                return Err(Error::ReplayFull {
+                    budget: self.config.budget,
+                });
+            };
+            self.forget(inner, oldest, Instant::now());
+        }
+        Ok(())
     }
 
     /// Finds a log by response id.

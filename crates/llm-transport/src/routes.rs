@@ -1,7 +1,5 @@
 //! Routing and the request handlers.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +34,8 @@ pub(crate) struct State {
     pub(crate) metrics: Arc<Metrics>,
     /// Set once the shutdown grace has run out.
     pub(crate) deadline: watch::Sender<bool>,
+    /// Set when shutdown begins: idle WebSockets close, busy ones after their turn.
+    pub(crate) draining: watch::Sender<bool>,
     pub(crate) tasks: Tasks,
 }
 
@@ -173,6 +173,11 @@ async fn dispatch(
         return Err(Error::MethodNotAllowed {
             method: request.method().to_string(),
             path: path.to_owned(),
+            allow: if route.method() == Method::POST {
+                "POST"
+            } else {
+                "GET"
+            },
         });
     }
     if route.needs_key() {
@@ -256,21 +261,19 @@ pub(crate) fn start_stream(
     resumable: bool,
     prelude: Option<Bytes>,
 ) -> Result<Response<ResponseBody>> {
+    if resumable {
+        // Refuse before the engine sees the request when replay memory is full.
+        state.replay.check_room()?;
+    }
     let (generation, meta_id) = submit(state, request, info, resumable)?;
     let config = &state.config;
     let (sender, receiver) = mpsc::channel(config.stream_buffer);
     if resumable {
-        // On refusal the generation is dropped before it started, which costs nothing.
         let log = state.replay.create(&meta_id)?;
         // The client is attached before the producer starts, so that the grace period only
         // counts time with no client at all.
-        let follower = crate::sse::follow(
-            Arc::clone(&log),
-            0,
-            prelude,
-            sender,
-            config.keep_alive_interval,
-        );
+        let follower =
+            crate::sse::follow(log.attach(), 0, prelude, sender, config.keep_alive_interval);
         state.tasks.spawn(crate::sse::produce(
             generation,
             Arc::clone(&log),
@@ -323,7 +326,15 @@ async fn complete(
     let (mut generation, id) = submit(state, request, info, false)?;
     let model = state.backend()?.model().name.clone();
     let timeout = state.config.request_timeout;
-    let completion = match tokio::time::timeout(timeout, generation.collect()).await {
+    let mut deadline = state.deadline();
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(timeout, generation.collect()) => outcome,
+        () = deadline.reached() => {
+            generation.cancel("server shutting down");
+            return Err(Error::Engine(llm_engine::Error::ShuttingDown));
+        }
+    };
+    let completion = match outcome {
         Ok(completion) => completion?,
         Err(_) => {
             generation.cancel("request timeout");
@@ -379,7 +390,8 @@ fn resume_by_path<B>(
 /// cannot set headers.
 pub(crate) fn last_event_id<B>(request: &Request<B>) -> Option<String> {
     if let Some(value) = request.headers().get("last-event-id") {
-        return value.to_str().ok().map(str::to_owned);
+        // A value that is not visible ASCII is passed on to fail parsing, not ignored.
+        return Some(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
     let query = request.uri().query()?;
     form_urlencoded::parse(query.as_bytes())
@@ -413,7 +425,7 @@ pub(crate) fn resume(
     }
     let (sender, receiver) = mpsc::channel(state.config.stream_buffer);
     state.tasks.spawn(crate::sse::follow(
-        log,
+        log.attach(),
         from,
         prelude,
         sender,
@@ -479,13 +491,13 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 fn random_u64() -> u64 {
-    // Each RandomState has fresh random keys: hashing anything gives 64 random bits.
-    RandomState::new().hash_one(Instant::now())
+    getrandom::u64().expect("the operating system's random generator works")
 }
 
-/// A fresh `chatcmpl-` id with 64 random bits.
+/// A fresh `chatcmpl-` id with 128 random bits from the operating system: knowing a response
+/// id is what allows resuming its stream.
 fn response_id() -> String {
-    format!("chatcmpl-{:016x}", random_u64())
+    format!("chatcmpl-{:016x}{:016x}", random_u64(), random_u64())
 }
 
 fn unix_now() -> u64 {

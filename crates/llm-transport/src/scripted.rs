@@ -24,6 +24,10 @@ pub struct Script {
     pub interval: Duration,
     /// After this many deltas, end with an error event instead of finishing.
     pub fail_after: Option<usize>,
+    /// Replace each token's text by the moment it is emitted, in microseconds since the Unix
+    /// epoch, and a space: a client on the same machine measures the latency the transport
+    /// adds by comparing it with its own clock.
+    pub stamp: bool,
     /// The finish reason when all tokens are sent.
     pub finish_reason: FinishReason,
 }
@@ -48,6 +52,7 @@ impl Script {
             interval: Duration::ZERO,
             fail_after: None,
             finish_reason: FinishReason::Stop,
+            stamp: false,
         }
     }
 
@@ -72,7 +77,16 @@ impl Script {
         self
     }
 
-    /// The whole text, as a client should receive it.
+    /// `count` tokens, each stamped with its emission time (see [`Script::stamp`]).
+    pub fn stamped(count: usize) -> Self {
+        Self {
+            tokens: vec![String::new(); count],
+            stamp: true,
+            ..Self::words("")
+        }
+    }
+
+    /// The whole text, as a client should receive it (unless stamped).
     pub fn text(&self) -> String {
         let end = self.fail_after.unwrap_or(usize::MAX).min(self.tokens.len());
         self.tokens[..end].concat()
@@ -213,7 +227,14 @@ impl Run {
                 + script.first_token_delay
                 + script.interval * u32::try_from(self.sent).unwrap_or(u32::MAX);
             tokio::time::sleep_until(due).await;
-            let token = script.tokens[self.sent].clone();
+            let token = if script.stamp {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                format!("{} ", now.as_micros())
+            } else {
+                script.tokens[self.sent].clone()
+            };
             self.sent += 1;
             self.token_times.push(self.submitted.elapsed());
             inner.generated.fetch_add(1, Ordering::Relaxed);

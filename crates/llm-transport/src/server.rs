@@ -10,14 +10,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::ApiKeys;
 use crate::backend::Backend;
 use crate::config::TransportConfig;
 use crate::cors::Cors;
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionGuard, Metrics};
 use crate::replay::ReplayStore;
 use crate::routes::{self, State};
 
@@ -45,6 +45,7 @@ impl Server {
     /// A server with the given limits and no engine yet.
     pub fn new(config: TransportConfig) -> Self {
         let (deadline, _) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
         Self {
             state: Arc::new(State {
                 keys: ApiKeys::new(&config.api_keys),
@@ -54,6 +55,7 @@ impl Server {
                 config,
                 backend: OnceLock::new(),
                 deadline,
+                draining,
                 tasks: Tasks::default(),
             }),
         }
@@ -115,22 +117,27 @@ impl Server {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
-            let open = self.state.metrics.connection();
+            let slot = ConnectionSlot::new(permit, self.state.metrics.connection());
             let state = Arc::clone(&self.state);
-            let service = service_fn(move |request| routes::handle(Arc::clone(&state), request));
+            let service_slot = slot.clone();
+            let service = service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(service_slot.clone());
+                routes::handle(Arc::clone(&state), request)
+            });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let connection = graceful.watch(connection.into_owned());
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
-                drop((permit, open));
+                drop(slot);
             });
         }
         drop(listener);
         if let Some(backend) = self.state.backend.get() {
             backend.close();
         }
+        self.state.draining.send_replace(true);
         tracing::info!(?grace, "shutting down: letting open streams finish");
         let tasks = self.state.tasks.clone();
         let drained = async move {
@@ -155,6 +162,31 @@ impl Server {
     }
 }
 
+/// Resolves on ctrl-c or, on Unix, SIGTERM: the usual signal to pass to
+/// [`Server::serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
 /// Answers a connection over the limit with 503 in OpenAI's shape, then closes it.
 async fn refuse(mut stream: TcpStream, limit: usize) {
     let body = Error::TooManyConnections { limit }.body();
@@ -173,6 +205,28 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
         .is_err()
     {
         tracing::debug!("a refused connection did not take its 503");
+    }
+}
+
+/// A connection's place under the connection limit, and its count in the open-connection
+/// gauge. hyper lets go of a connection once it is upgraded to a WebSocket; the session then
+/// takes the place over, so that WebSockets count against the limit for as long as they live.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionSlot(
+    Arc<std::sync::Mutex<Option<(OwnedSemaphorePermit, ConnectionGuard)>>>,
+);
+
+impl ConnectionSlot {
+    fn new(permit: OwnedSemaphorePermit, open: ConnectionGuard) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some((permit, open)))))
+    }
+
+    /// Takes the place over; the connection no longer releases it when it ends.
+    pub(crate) fn take(&self) -> Option<impl Send + 'static> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 

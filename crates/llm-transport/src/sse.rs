@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::backend::EventStream;
 use crate::error::Error;
 use crate::metrics::{Metrics, RequestObserver};
-use crate::replay::{ReplayLog, ReplayStore};
+use crate::replay::{Attached, ReplayLog, ReplayStore};
 use crate::server::Deadline;
 
 /// What every chunk of one response repeats.
@@ -425,13 +425,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// end, with keep-alive comments while it is silent. Leaving detaches the client; the
 /// generation goes on for its grace period.
 pub(crate) async fn follow(
-    log: Arc<ReplayLog>,
+    attached: Attached,
     from: usize,
     prelude: Option<Bytes>,
     body: mpsc::Sender<Bytes>,
     keep_alive: Duration,
 ) {
-    let _attached = log.attach();
+    let log = attached.log();
     if let Some(prelude) = prelude {
         if body.send(prelude).await.is_err() {
             return;

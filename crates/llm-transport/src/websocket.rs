@@ -22,6 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::body::ResponseBody;
 use crate::error::{Error, Result};
 use crate::routes::{submit, State};
+use crate::server::ConnectionSlot;
 use crate::sse::{Generation, RequestInfo};
 
 /// Checks the handshake and answers 101; the session runs once hyper hands over the socket.
@@ -49,8 +50,15 @@ pub(crate) fn upgrade<B: Send + 'static>(
         return Err(Error::InvalidUpgrade("`Sec-WebSocket-Key` is required"));
     };
     let accept = derive_accept_key(key.as_bytes());
+    check_origin(state, headers)?;
     // Fail now rather than after the 101 when the model is not loaded yet.
     state.backend()?;
+    // hyper lets go of the connection once it is upgraded: the session keeps its place under
+    // the connection limit.
+    let place = request
+        .extensions()
+        .get::<ConnectionSlot>()
+        .and_then(ConnectionSlot::take);
     let upgrade = hyper::upgrade::on(&mut request);
     let session_state = Arc::clone(state);
     let info = info.clone();
@@ -67,6 +75,7 @@ pub(crate) fn upgrade<B: Send + 'static>(
                 )
                 .await;
                 Session::new(session_state, info, socket).run().await;
+                drop(place);
             }
             Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
         }
@@ -81,6 +90,27 @@ pub(crate) fn upgrade<B: Send + 'static>(
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     Ok(response)
+}
+
+/// Browsers send `Origin` with every WebSocket handshake and, unlike `fetch`, enforce no CORS
+/// on the answer: a page may open a socket only from the server's own origin or an origin
+/// allowed by `--cors-origin`. Clients that are not browsers send no `Origin`.
+fn check_origin(state: &State, headers: &HeaderMap) -> Result<()> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    if state.cors.allowed_origin(headers).is_some() {
+        return Ok(());
+    }
+    let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    let origin_host = origin.split_once("://").map(|(_, host)| host);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    match (origin_host, host) {
+        (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(Error::OriginNotAllowed(origin)),
+    }
 }
 
 /// Whether a comma-separated header holds `token`, ignoring case.
@@ -126,10 +156,21 @@ impl Session {
     async fn run(mut self) {
         let keep_alive = self.state.config.keep_alive_interval;
         let mut deadline = self.state.deadline();
+        let mut draining = self.state.draining.subscribe();
         let mut quiet_since = Instant::now();
         loop {
+            // Shutting down: an idle socket closes now, a busy one after its turn.
+            if *draining.borrow_and_update() && self.current.is_none() {
+                let close = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "server shutting down".into(),
+                };
+                let _ = self.socket.send(Message::Close(Some(close))).await;
+                return;
+            }
             let step = tokio::select! {
                 biased;
+                _ = draining.changed() => Step::Continue,
                 () = deadline.reached() => {
                     if self.current.take().is_some() {
                         let error = Error::Engine(llm_engine::Error::ShuttingDown);

@@ -195,6 +195,9 @@ async fn metrics_count_requests_tokens_and_latencies() {
     assert_eq!(plain.status, 200);
     let missing = exchange(test.address, &get("/nope")).await;
     assert_eq!(missing.status, 404);
+    let wrong_method = exchange(test.address, &get("/v1/chat/completions")).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
     test.wait_idle().await;
 
     let response = exchange(test.address, &get("/metrics")).await;
@@ -211,6 +214,7 @@ async fn metrics_count_requests_tokens_and_latencies() {
         "llm_requests_cancelled_total 0",
         r#"llm_requests_total{endpoint="/v1/chat/completions",status="200"} 2"#,
         r#"llm_requests_total{endpoint="other",status="404"} 1"#,
+        r#"llm_requests_total{endpoint="/v1/chat/completions",status="405"} 1"#,
         "llm_time_to_first_token_seconds_count 2",
         "llm_inter_token_latency_seconds_count 8",
         "llm_e2e_request_latency_seconds_count 2",

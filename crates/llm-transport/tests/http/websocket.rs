@@ -188,3 +188,82 @@ async fn websockets_need_a_key_when_keys_are_set() {
         Some("invalid_upgrade")
     );
 }
+
+#[tokio::test]
+async fn browser_pages_from_other_origins_cannot_open_a_socket() {
+    let mut config = TransportConfig::default();
+    config.cors_origins = vec!["http://app.example".to_owned()];
+    let test = scripted(Script::words("Hi."), config).await;
+    let handshake = |origin: &str| {
+        request(
+            "GET",
+            "/ws/chat",
+            &[
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                "Sec-WebSocket-Version: 13",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                &format!("Origin: {origin}"),
+            ],
+            "",
+        )
+    };
+    let evil = exchange(test.address, &handshake("http://evil.example")).await;
+    assert_eq!(evil.status, 403);
+    assert_eq!(
+        error_of(&evil).error.code.as_deref(),
+        Some("origin_not_allowed")
+    );
+    for allowed in ["http://app.example", "http://test"] {
+        let mut reader = send(test.address, &handshake(allowed)).await;
+        assert_eq!(read_head(&mut reader).await.0, 101, "{allowed}");
+    }
+}
+
+#[tokio::test]
+async fn open_sockets_count_against_the_connection_limit() {
+    let mut config = TransportConfig::default();
+    config.max_connections = 1;
+    let test = scripted(Script::words("Hi."), config).await;
+    let socket = connect(test.address, "").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = exchange(test.address, &get("/health")).await;
+    assert_eq!(refused.status, 503, "the socket holds the only connection");
+    drop(socket);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if exchange(test.address, &get("/health")).await.status == 200 {
+            return;
+        }
+    }
+    panic!("the socket's place was not released");
+}
+
+#[tokio::test]
+async fn an_idle_socket_closes_at_once_when_shutdown_begins() {
+    let mut test = scripted_with_grace(
+        Script::words("Hi."),
+        TransportConfig::default(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut socket = connect(test.address, "").await;
+    let started = std::time::Instant::now();
+    test.shut_down();
+    let message = tokio::time::timeout(Duration::from_secs(2), socket.next())
+        .await
+        .expect("a close frame in time")
+        .expect("a frame")
+        .expect("valid");
+    let Message::Close(Some(frame)) = message else {
+        panic!("expected a close frame, got {message:?}");
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    drop(socket);
+    tokio::time::timeout(Duration::from_secs(2), &mut test.serving)
+        .await
+        .expect("serve returns without waiting for the grace")
+        .expect("no panic")
+        .expect("no error");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
