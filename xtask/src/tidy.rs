@@ -129,13 +129,14 @@ mod tests {
     #[test]
     fn layers_depend_one_way() {
         let graph = Graph::load();
-        let allowed: [(&str, &[&str]); 3] = [
+        let allowed: [(&str, &[&str]); 4] = [
             ("llm-engine", &["llm-protocol"]),
             ("llm-transport", &["llm-protocol", "llm-engine"]),
             (
                 "llm-server",
                 &["llm-protocol", "llm-engine", "llm-transport"],
             ),
+            ("llm-bench", &["llm-protocol", "llm-transport"]),
         ];
         for (layer, below) in allowed {
             let direct = graph.direct(layer);

@@ -1,0 +1,49 @@
+//! Benchmarks and the slow half of the reliability suite.
+//!
+//! - `llm-bench load`: N concurrent streaming clients against any OpenAI-compatible URL;
+//!   time to first token, inter-token latency, end-to-end latency, aggregate tokens per second.
+//! - `llm-bench transport`: thousands of SSE streams from a scripted engine at a fixed token
+//!   rate; the latency the transport adds, memory per stream, CPU per million chunks.
+//! - `llm-bench reliability`: memory back to its baseline after disconnect storms, and SIGTERM
+//!   under load.
+//!
+//! Results print as tables, go to `target/bench/*.json`, and with `--write-docs` into
+//! `docs/benchmarks.md`. `cargo xtask bench` runs them all.
+
+mod child;
+mod load;
+mod reliability;
+mod stats;
+mod transport;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks and reliability checks for llm-stream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Concurrent streaming clients against an OpenAI-compatible server.
+    Load(load::LoadArgs),
+    /// Thousands of streams through the transport with a scripted engine.
+    Transport(transport::TransportArgs),
+    /// Memory after disconnect storms, and SIGTERM under load.
+    Reliability(reliability::ReliabilityArgs),
+    /// The scripted server the other commands start as a child process.
+    #[command(hide = true)]
+    ServeScripted(child::ServeArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Load(args) => load::run(args).await,
+        Command::Transport(args) => transport::run(args).await,
+        Command::Reliability(args) => reliability::run(args).await,
+        Command::ServeScripted(args) => child::serve(args).await,
+    }
+}
