@@ -69,14 +69,29 @@ pub(crate) struct ChunkEncoder {
     meta: ChunkMeta,
     resumable: bool,
     next: u64,
+    /// `data: ` and a delta chunk's JSON up to its content string: the same for every delta of
+    /// the response, rendered once.
+    delta_prefix: String,
 }
+
+/// What follows the content string in a delta chunk's JSON.
+const DELTA_SUFFIX: &str = "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 
 impl ChunkEncoder {
     pub(crate) fn new(meta: ChunkMeta, resumable: bool) -> Self {
+        let json = |text: &str| serde_json::to_string(text).expect("strings serialize");
+        let delta_prefix = format!(
+            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\
+             \"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
+            json(&meta.id),
+            meta.created,
+            json(&meta.model)
+        );
         Self {
             meta,
             resumable,
             next: 0,
+            delta_prefix,
         }
     }
 
@@ -114,13 +129,20 @@ impl ChunkEncoder {
         self.json(&chunk)
     }
 
-    fn delta(&mut self, text: String) -> Bytes {
-        let delta = Delta {
-            role: None,
-            content: Some(text),
-        };
-        let chunk = self.meta.chunk(delta, None);
-        self.json(&chunk)
+    /// A delta chunk: byte for byte what serializing the chunk gives, without building it. This
+    /// is the one frame written per token, so it allocates once and copies the prefix.
+    fn delta(&mut self, text: &str) -> Bytes {
+        let mut buf =
+            BytesMut::with_capacity(self.delta_prefix.len() + text.len() + DELTA_SUFFIX.len() + 64);
+        if self.resumable {
+            buf.extend_from_slice(format!("id: {}:{}\n", self.meta.id, self.next).as_bytes());
+        }
+        self.next += 1;
+        buf.extend_from_slice(self.delta_prefix.as_bytes());
+        serde_json::to_writer(bytes::BufMut::writer(&mut buf), text)
+            .expect("writing to memory cannot fail");
+        buf.extend_from_slice(DELTA_SUFFIX.as_bytes());
+        buf.freeze()
     }
 
     fn finish(&mut self, reason: FinishReason, usage: Option<Usage>) -> Vec<Bytes> {
@@ -208,7 +230,7 @@ impl Generation {
     /// The frames of the next event, and whether they end the stream.
     pub(crate) async fn next_frames(&mut self) -> Option<(Vec<Bytes>, bool)> {
         Some(match self.next_event().await? {
-            EngineEvent::Delta(text) => (vec![self.encoder.delta(text)], false),
+            EngineEvent::Delta(text) => (vec![self.encoder.delta(&text)], false),
             EngineEvent::Finished(finish) => {
                 (self.encoder.finish(finish.reason, Some(finish.usage)), true)
             }
@@ -469,6 +491,43 @@ pub(crate) async fn follow(
                     return;
                 }
                 quiet_since = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rendered delta frame is exactly what encoding the chunk gives.
+    #[test]
+    fn fast_delta_frames_equal_serialized_chunks() {
+        for resumable in [false, true] {
+            let meta = ChunkMeta {
+                id: "chatcmpl-\"odd\\id".to_owned(),
+                created: 1_700_000_000,
+                model: "Model \u{e9}\n".to_owned(),
+                include_usage: false,
+            };
+            let mut fast = ChunkEncoder::new(meta.clone(), resumable);
+            let mut slow = ChunkEncoder::new(meta.clone(), resumable);
+            for text in [
+                "Hello",
+                " \"quoted\"",
+                "line\nbreak\r\t",
+                "\u{1}\u{1f}",
+                "한국어 😀",
+                "",
+            ] {
+                let expected = slow.json(&meta.chunk(
+                    Delta {
+                        role: None,
+                        content: Some(text.to_owned()),
+                    },
+                    None,
+                ));
+                assert_eq!(fast.delta(text), expected, "{text:?}");
             }
         }
     }
