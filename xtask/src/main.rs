@@ -4,6 +4,10 @@
 //!   whole test suite, the docs with warnings denied, then the real-client tests
 //!   (`tests/clients/run.py`: the `openai` package, Chromium, nginx, WebSockets) against the
 //!   built server. `.ci/run` installs what those need.
+//! - `bench`: the benchmarks that write `docs/benchmarks.md`: the load benchmark against the
+//!   server on the default model, and the transport benchmark at 1,000 and 10,000 streams.
+//! - `reliability [SECONDS]`: the whole reliability suite: the fast tests, the slow checks of
+//!   `llm-bench reliability`, and every fuzz target for SECONDS (default 60) each.
 //! - `fuzz [SECONDS]`: runs every `cargo fuzz` target for a bounded time (needs a nightly
 //!   toolchain; installs `cargo-fuzz` if missing).
 
@@ -31,17 +35,13 @@ fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("fuzz") => {
-            let seconds = match args.get(1) {
-                Some(text) => text
-                    .parse()
-                    .with_context(|| format!("`{text}` is not a number of seconds"))?,
-                None => 60,
-            };
-            fuzz(seconds)
-        }
+        Some("fuzz") => fuzz(seconds(args.get(1))?),
+        Some("bench") => bench(),
+        Some("reliability") => reliability(seconds(args.get(1))?),
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask fuzz [SECONDS]");
+            eprintln!(
+                "usage: cargo xtask ci | bench | reliability [FUZZ_SECONDS] | fuzz [SECONDS]"
+            );
             std::process::exit(2);
         }
     }
@@ -66,8 +66,75 @@ fn ci() -> Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     client_tests()?;
+    // The slow reliability checks take seconds: CI runs them too.
+    run(Command::new(target_dir()?.join("debug").join("llm-bench")).arg("reliability"))?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
+}
+
+fn seconds(arg: Option<&String>) -> Result<u64> {
+    match arg {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("`{text}` is not a number of seconds")),
+        None => Ok(60),
+    }
+}
+
+/// The reliability suite: fast tests, slow checks, then fuzzing.
+fn reliability(fuzz_seconds: u64) -> Result<()> {
+    cargo(
+        &["test", "--workspace", "--test", "http", "--", "reliability"],
+        &[],
+    )?;
+    cargo(&["build", "--workspace"], &[])?;
+    run(Command::new(target_dir()?.join("debug").join("llm-bench")).arg("reliability"))?;
+    fuzz(fuzz_seconds)
+}
+
+/// Benchmarks that write their tables into docs/benchmarks.md.
+fn bench() -> Result<()> {
+    cargo(&["build", "--workspace"], &[])?;
+    let debug = target_dir()?.join("debug");
+    let port = free_port()?;
+    let mut server = Command::new(debug.join("llm-server"))
+        .args(["--port", &port.to_string()])
+        .spawn()
+        .context("could not start llm-server")?;
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let result = wait_healthy(port).and_then(|()| {
+        run(Command::new(debug.join("llm-bench")).args(["load", "--base", &base, "--write-docs"]))
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    result?;
+    run(Command::new(debug.join("llm-bench")).args(["transport", "--write-docs"]))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits for the server to answer `/health` with 200 (the model loads in seconds once
+/// cached).
+fn wait_healthy(port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    for _ in 0..600 {
+        if let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = socket.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+            let mut answer = String::new();
+            let _ = socket.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    bail!("the server did not become healthy in five minutes")
 }
 
 /// Builds the server and runs the real-client tests against it.
