@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_DIR = ROOT / "examples" / "browser"
 NGINX_SNIPPET = ROOT / "deploy" / "nginx" / "llm-stream.conf"
-SUITES = ("openai", "browser", "nginx", "ws")
+SUITES = ("openai", "browser", "nginx", "ws", "examples")
 
 HOST = "127.0.0.1"
 SHUTDOWN_GRACE_SECS = 5
@@ -451,6 +451,68 @@ def check_sse_headers(stream: RawStream, where: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Suite 1: the openai package (plus raw HTTP for auth and resumable streams)
+
+
+# ---------------------------------------------------------------------------------------------
+# The examples, run as their READMEs say
+
+
+def run_example(command: list[str], env: dict[str, str]) -> str:
+    """Runs an example to its end; returns its stdout. Fails on a non-zero exit."""
+    done = subprocess.run(
+        command,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=IO_TIMEOUT * 2,
+        cwd=ROOT,
+    )
+    expect(
+        done.returncode == 0,
+        f"{Path(command[0]).name} exited with {done.returncode}: {shorten(done.stderr, 400)}",
+    )
+    return done.stdout
+
+
+def examples_suite(ctx: Context, bin_dir: Path) -> None:
+    r = ctx.results
+    r.run("examples.python_openai_stream", test_example_python, ctx)
+    r.run("examples.resume_client", test_example_resume_client, ctx, bin_dir)
+    r.run("examples.ws_chat", test_example_ws_chat, ctx, bin_dir)
+
+
+def test_example_python(ctx: Context) -> str:
+    out = run_example(
+        [sys.executable, "examples/python/openai_stream.py", QUESTION],
+        {"LLM_STREAM_BASE_URL": f"{ctx.base}/v1", "LLM_STREAM_API_KEY": ctx.api_key},
+    )
+    reference = ctx.reference(user(QUESTION), 200)["choices"][0]["message"]["content"]
+    expect(reference.strip()[:40] in out, "the streamed answer is not in the output")
+    return f"{len(out)} bytes of output"
+
+
+def test_example_resume_client(ctx: Context, bin_dir: Path) -> str:
+    binary = bin_dir / "resume-client"
+    if not binary.exists():
+        raise Skip(f"{binary} is not built (cargo build --workspace)")
+    out = run_example(
+        [str(binary), "--max-tokens", str(MAX_TOKENS), "--drop-every", "5", QUESTION],
+        {"LLM_STREAM_BASE": ctx.base, "LLM_STREAM_API_KEY": ctx.api_key},
+    )
+    reference = ctx.reference(user(QUESTION), MAX_TOKENS)["choices"][0]["message"]["content"]
+    same_text(out.rstrip("\n"), reference, "the resumed answer")
+    return "dropped every 5 events, resumed to the same text"
+
+
+def test_example_ws_chat(ctx: Context, bin_dir: Path) -> str:
+    binary = bin_dir / "ws-chat"
+    if not binary.exists():
+        raise Skip(f"{binary} is not built (cargo build --workspace)")
+    url = f"ws://{HOST}:{ctx.port}/ws/chat?api_key={ctx.api_key}"
+    out = run_example([str(binary), TURN1, TURN2], {"LLM_STREAM_WS": url})
+    answers = [line for line in out.split("\n") if line.strip()]
+    expect(len(answers) >= 2, f"expected two answers, got {out!r}")
+    return f"{len(answers)} lines over two turns"
 
 
 def openai_suite(ctx: Context) -> None:
@@ -1598,7 +1660,13 @@ def main() -> int:
     try:
         server.start()
         if r.run("server.start", server.wait_healthy) and r.run("server.models", fetch_model_name, ctx):
-            runners = {"openai": openai_suite, "browser": browser_suite, "nginx": nginx_suite, "ws": ws_suite}
+            runners = {
+                "openai": openai_suite,
+                "browser": browser_suite,
+                "nginx": nginx_suite,
+                "ws": ws_suite,
+                "examples": lambda ctx: examples_suite(ctx, Path(options.server_bin).resolve().parent),
+            }
             for suite in suites:
                 print(f"--- {suite}", flush=True)
                 try:

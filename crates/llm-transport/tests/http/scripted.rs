@@ -348,3 +348,32 @@ async fn shutdown_lets_streams_finish_within_the_grace() {
         .expect("serve returns once the stream is done");
     assert!(served.expect("no panic").is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_does_not_hold_back_other_streams() {
+    // Tokens of 4 KiB as fast as they can go: a client that reads nothing fills its socket
+    // buffers and then its stream's bounded buffer within milliseconds.
+    let big = format!(" {}", "x".repeat(4096));
+    let script = Script::words(&big.repeat(2000));
+    let test = scripted(script, TransportConfig::default()).await;
+    let mut stalled = send(test.address, &post("/v1/chat/completions", STREAM)).await;
+    assert_eq!(read_head(&mut stalled).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another client gets its whole answer meanwhile.
+    let short = r#"{"stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        exchange(test.address, &post("/v1/chat/completions", short)),
+    )
+    .await
+    .expect("the other stream is not held back");
+    assert_eq!(
+        frames(&other).last().map(String::as_str),
+        Some("data: [DONE]\n\n")
+    );
+    assert_eq!(streamed_text(&frames(&other)).len(), 50 * 4097);
+    // The stalled stream is still open, waiting for its reader: nothing was dropped.
+    assert_eq!(test.engine.stats().running, 1);
+    drop(stalled);
+    test.wait_idle().await;
+}
