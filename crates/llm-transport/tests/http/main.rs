@@ -131,6 +131,18 @@ fn request(method: &str, path: &str, headers: &[&str], body: &str) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// A valid WebSocket handshake for `/ws/chat`, with extra header lines.
+fn ws_handshake(extra: &[&str]) -> Vec<u8> {
+    let mut headers = vec![
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    headers.extend_from_slice(extra);
+    request("GET", "/ws/chat", &headers, "")
+}
+
 /// The body's chunks as text.
 fn frames(response: &RawResponse) -> Vec<String> {
     response

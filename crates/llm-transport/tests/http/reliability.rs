@@ -488,17 +488,7 @@ async fn malformed_requests_get_4xx_in_openai_shape_and_never_5xx() {
     // the server goes on.
     let mut socket = TcpStream::connect(test.address).await.expect("connect");
     socket
-        .write_all(&request(
-            "GET",
-            "/ws/chat",
-            &[
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                "Sec-WebSocket-Version: 13",
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            ],
-            "",
-        ))
+        .write_all(&ws_handshake(&[]))
         .await
         .expect("handshake");
     let mut reader = BufReader::new(socket);

@@ -194,20 +194,7 @@ async fn browser_pages_from_other_origins_cannot_open_a_socket() {
     let mut config = TransportConfig::default();
     config.cors_origins = vec!["http://app.example".to_owned()];
     let test = scripted(Script::words("Hi."), config).await;
-    let handshake = |origin: &str| {
-        request(
-            "GET",
-            "/ws/chat",
-            &[
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                "Sec-WebSocket-Version: 13",
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                &format!("Origin: {origin}"),
-            ],
-            "",
-        )
-    };
+    let handshake = |origin: &str| ws_handshake(&[&format!("Origin: {origin}")]);
     let evil = exchange(test.address, &handshake("http://evil.example")).await;
     assert_eq!(evil.status, 403);
     assert_eq!(
