@@ -42,8 +42,12 @@ const MISTRAL_CHANNEL: usize = 32;
 /// Chat messages in the shape mistral.rs's chat template expects.
 type MistralMessages = Vec<IndexMap<String, mistralrs::MessageContent>>;
 
+/// Called with the timings of every request that finishes (`stop` or `length`): the place to
+/// feed latency histograms (queue time, time to first token, inter-token latency, total).
+pub type TimingsHook = Arc<dyn Fn(&Timings) + Send + Sync>;
+
 /// Configures and loads an [`Engine`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineBuilder {
     model: ModelSource,
     weights: Weights,
@@ -52,6 +56,22 @@ pub struct EngineBuilder {
     max_num_seqs: usize,
     queue_limit: usize,
     event_buffer: usize,
+    on_finish: Option<TimingsHook>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("model", &self.model)
+            .field("weights", &self.weights)
+            .field("cache_dir", &self.cache_dir)
+            .field("served_name", &self.served_name)
+            .field("max_num_seqs", &self.max_num_seqs)
+            .field("queue_limit", &self.queue_limit)
+            .field("event_buffer", &self.event_buffer)
+            .field("on_finish", &self.on_finish.is_some())
+            .finish()
+    }
 }
 
 impl Default for EngineBuilder {
@@ -64,6 +84,7 @@ impl Default for EngineBuilder {
             max_num_seqs: 8,
             queue_limit: 64,
             event_buffer: 1024,
+            on_finish: None,
         }
     }
 }
@@ -118,6 +139,15 @@ impl EngineBuilder {
     #[must_use]
     pub fn event_buffer(mut self, event_buffer: usize) -> Self {
         self.event_buffer = event_buffer.max(1);
+        self
+    }
+
+    /// Calls `hook` with the [`Timings`] of every request that finishes, on the request's own
+    /// task, before its final event is delivered. Keep it cheap: observe into histograms or
+    /// counters.
+    #[must_use]
+    pub fn on_finish(mut self, hook: impl Fn(&Timings) + Send + Sync + 'static) -> Self {
+        self.on_finish = Some(Arc::new(hook));
         self
     }
 
@@ -176,6 +206,7 @@ impl EngineBuilder {
                 counters: Counters::default(),
                 closed: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                on_finish: self.on_finish.clone(),
             }),
         })
     }
@@ -233,6 +264,7 @@ struct Inner {
     counters: Counters,
     closed: AtomicBool,
     next_id: AtomicU64,
+    on_finish: Option<TimingsHook>,
 }
 
 impl Engine {
@@ -409,6 +441,9 @@ impl RequestTask {
         let event = match outcome {
             Outcome::Finished(finish) => {
                 Counters::add(&counters.finished, 1);
+                if let Some(hook) = &self.inner.on_finish {
+                    hook(&finish.timings);
+                }
                 EngineEvent::Finished(finish)
             }
             Outcome::Failed(error) => {

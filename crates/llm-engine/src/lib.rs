@@ -46,7 +46,7 @@ mod stop;
 mod stream;
 
 pub use convert::{convert_gguf, converted_path, Conversion, WeightFormat};
-pub use engine::{Engine, EngineBuilder, ModelInfo};
+pub use engine::{Engine, EngineBuilder, ModelInfo, TimingsHook};
 pub use error::{BoxError, Error, Result};
 pub use fetch::{
     default_cache_dir, ensure_default_model, DEFAULT_MODEL_FILE, DEFAULT_MODEL_PACKAGE,

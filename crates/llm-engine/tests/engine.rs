@@ -47,7 +47,12 @@ async fn wait_for(engine: &Engine, what: &str, done: impl Fn(&llm_engine::Engine
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_and_collected_answers_are_identical_at_temperature_zero() {
-    let engine = engine(Engine::builder()).await;
+    let observed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = std::sync::Arc::clone(&observed);
+    let engine = engine(Engine::builder().on_finish(move |timings| {
+        hook.lock().expect("not poisoned").push(timings.clone());
+    }))
+    .await;
     let request = ask("What is the capital of France? Answer in one sentence.", 48);
 
     let (deltas, finish) = drain(engine.submit(&request).expect("accepted")).await;
@@ -70,6 +75,12 @@ async fn streamed_and_collected_answers_are_identical_at_temperature_zero() {
         .await
         .expect("finishes");
     assert_eq!(collected.text, streamed);
+    // The finish hook saw both requests, with the same timings their streams reported.
+    let observed = observed.lock().expect("not poisoned").clone();
+    assert_eq!(observed.len(), 2);
+    assert_eq!(observed[0], finish.timings);
+    assert_eq!(observed[0].token_times.len(), deltas.len());
+    assert!(observed[0].time_to_first_token.is_some());
     assert_eq!(collected.finish.reason, finish.reason);
     assert_eq!(collected.finish.usage, finish.usage);
 
