@@ -67,7 +67,7 @@ fn ci() -> Result<()> {
     )?;
     client_tests()?;
     // The slow reliability checks take seconds: CI runs them too.
-    run(Command::new(target_dir()?.join("debug").join("llm-bench")).arg("reliability"))?;
+    run(Command::new(debug_binary("llm-bench")?).arg("reliability"))?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
 }
@@ -88,29 +88,33 @@ fn reliability(fuzz_seconds: u64) -> Result<()> {
         &[],
     )?;
     cargo(&["build", "--workspace"], &[])?;
-    run(Command::new(target_dir()?.join("debug").join("llm-bench")).arg("reliability"))?;
+    run(Command::new(debug_binary("llm-bench")?).arg("reliability"))?;
     fuzz(fuzz_seconds)
 }
 
 /// Benchmarks that write their tables into docs/benchmarks.md.
 fn bench() -> Result<()> {
     cargo(&["build", "--workspace"], &[])?;
-    let debug = target_dir()?.join("debug");
     let port = free_port()?;
-    let mut server = Command::new(debug.join("llm-server"))
+    let mut server = Command::new(debug_binary("llm-server")?)
         .args(["--port", &port.to_string()])
         .spawn()
         .context("could not start llm-server")?;
     let base = format!("http://127.0.0.1:{port}/v1");
     let result = wait_healthy(port).and_then(|()| {
-        run(Command::new(debug.join("llm-bench")).args(["load", "--base", &base, "--write-docs"]))
+        run(Command::new(debug_binary("llm-bench")?).args([
+            "load",
+            "--base",
+            &base,
+            "--write-docs",
+        ]))
     });
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
     let _ = server.wait();
     result?;
-    run(Command::new(debug.join("llm-bench")).args(["transport", "--write-docs"]))
+    run(Command::new(debug_binary("llm-bench")?).args(["transport", "--write-docs"]))
 }
 
 fn free_port() -> Result<u16> {
@@ -164,12 +168,17 @@ fn client_tests() -> Result<()> {
         );
     }
     cargo(&["build", "--workspace"], &[])?;
-    let server = target_dir()?.join("debug").join("llm-server");
+    let server = debug_binary("llm-server")?;
     run(Command::new("python3")
         .current_dir(workspace_root())
         .arg("tests/clients/run.py")
         .arg("--server-bin")
         .arg(server))
+}
+
+/// A binary of the workspace as `cargo build` leaves it.
+fn debug_binary(name: &str) -> Result<PathBuf> {
+    Ok(target_dir()?.join("debug").join(name))
 }
 
 /// Where cargo puts build outputs (`CARGO_TARGET_DIR` or the workspace's `target`).

@@ -9,9 +9,8 @@ use llm_protocol::ChatCompletionRequest;
 use serde_json::{json, Map, Value};
 
 use crate::body::ResponseBody;
-use crate::error::{Error, Result};
-use crate::replay;
-use crate::routes::{last_event_id, resume, retry_prelude, start_stream, State};
+use crate::error::Result;
+use crate::routes::{event_position, last_event_id, resume, retry_prelude, start_stream, State};
 use crate::sse::RequestInfo;
 
 /// How long a browser waits before reconnecting a dropped stream, in milliseconds.
@@ -24,8 +23,7 @@ pub(crate) fn handle<B>(
 ) -> Result<Response<ResponseBody>> {
     let prelude = Some(retry_prelude(RECONNECT_MILLIS));
     if let Some(text) = last_event_id(request) {
-        let (id, number) =
-            replay::parse_event_id(&text).ok_or(Error::InvalidLastEventId(text.clone()))?;
+        let (id, number) = event_position(&text)?;
         return resume(state, id, Some(number), prelude);
     }
     let chat = request_from_query(request.uri().query().unwrap_or(""))?;

@@ -265,11 +265,11 @@ pub(crate) fn start_stream(
         // Refuse before the engine sees the request when replay memory is full.
         state.replay.check_room()?;
     }
-    let (generation, meta_id) = submit(state, request, info, resumable)?;
+    let (generation, meta) = submit(state, request, info, resumable)?;
     let config = &state.config;
     let (sender, receiver) = mpsc::channel(config.stream_buffer);
     if resumable {
-        let log = state.replay.create(&meta_id)?;
+        let log = state.replay.create(&meta.id)?;
         // The client is attached before the producer starts, so that the grace period only
         // counts time with no client at all.
         let follower =
@@ -293,13 +293,14 @@ pub(crate) fn start_stream(
     Ok(event_stream_response(receiver))
 }
 
-/// Submits a request to the engine, checking the model name first.
+/// Submits a request to the engine, checking the model name first. Returns the generation and
+/// what every chunk of its response repeats (id, creation time, model).
 pub(crate) fn submit(
     state: &State,
     request: &ChatCompletionRequest,
     info: &RequestInfo,
     resumable: bool,
-) -> Result<(Generation, String)> {
+) -> Result<(Generation, ChunkMeta)> {
     let backend = state.backend()?;
     let model = backend.model().name.clone();
     if !request.model.is_empty() && request.model != model {
@@ -312,10 +313,9 @@ pub(crate) fn submit(
         model,
         include_usage: request.include_usage(),
     };
-    let id = meta.id.clone();
-    let encoder = ChunkEncoder::new(meta, resumable);
+    let encoder = ChunkEncoder::new(meta.clone(), resumable);
     let generation = Generation::new(stream, encoder, Arc::clone(&state.metrics), info);
-    Ok((generation, id))
+    Ok((generation, meta))
 }
 
 async fn complete(
@@ -323,8 +323,7 @@ async fn complete(
     request: &ChatCompletionRequest,
     info: &RequestInfo,
 ) -> Result<Response<ResponseBody>> {
-    let (mut generation, id) = submit(state, request, info, false)?;
-    let model = state.backend()?.model().name.clone();
+    let (mut generation, meta) = submit(state, request, info, false)?;
     let timeout = state.config.request_timeout;
     let mut deadline = state.deadline();
     let outcome = tokio::select! {
@@ -342,10 +341,10 @@ async fn complete(
         }
     };
     let body = ChatCompletion {
-        id,
+        id: meta.id,
         object: "chat.completion".to_owned(),
-        created: unix_now(),
-        model,
+        created: meta.created,
+        model: meta.model,
         choices: vec![Choice {
             index: 0,
             message: AssistantMessage {
@@ -374,8 +373,7 @@ fn resume_by_path<B>(
 ) -> Result<Response<ResponseBody>> {
     let last = match last_event_id(request) {
         Some(text) => {
-            let (stream, number) =
-                replay::parse_event_id(&text).ok_or(Error::InvalidLastEventId(text.clone()))?;
+            let (stream, number) = event_position(&text)?;
             if stream != id {
                 return Err(Error::InvalidLastEventId(text));
             }
@@ -384,6 +382,14 @@ fn resume_by_path<B>(
         None => None,
     };
     resume(state, id, last, None)
+}
+
+/// The response id and event number a `Last-Event-ID` names.
+///
+/// # Errors
+/// [`Error::InvalidLastEventId`] when it is not `RESPONSE:N`.
+pub(crate) fn event_position(text: &str) -> Result<(&str, usize)> {
+    replay::parse_event_id(text).ok_or_else(|| Error::InvalidLastEventId(text.to_owned()))
 }
 
 /// The `Last-Event-ID` header, or the `last_event_id` query parameter for clients that

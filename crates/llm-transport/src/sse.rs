@@ -95,11 +95,17 @@ impl ChunkEncoder {
         }
     }
 
-    fn frame(&mut self, data: String) -> Bytes {
+    /// The next event's number, as its `id:` when the stream is resumable.
+    fn next_id(&mut self) -> Option<String> {
         let id = self
             .resumable
             .then(|| format!("{}:{}", self.meta.id, self.next));
         self.next += 1;
+        id
+    }
+
+    fn frame(&mut self, data: String) -> Bytes {
+        let id = self.next_id();
         let event = sse::Event {
             event: None,
             data,
@@ -134,10 +140,11 @@ impl ChunkEncoder {
     fn delta(&mut self, text: &str) -> Bytes {
         let mut buf =
             BytesMut::with_capacity(self.delta_prefix.len() + text.len() + DELTA_SUFFIX.len() + 64);
-        if self.resumable {
-            buf.extend_from_slice(format!("id: {}:{}\n", self.meta.id, self.next).as_bytes());
+        if let Some(id) = self.next_id() {
+            buf.extend_from_slice(b"id: ");
+            buf.extend_from_slice(id.as_bytes());
+            buf.extend_from_slice(b"\n");
         }
-        self.next += 1;
         buf.extend_from_slice(self.delta_prefix.as_bytes());
         serde_json::to_writer(bytes::BufMut::writer(&mut buf), text)
             .expect("writing to memory cannot fail");
