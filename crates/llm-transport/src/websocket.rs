@@ -161,26 +161,20 @@ impl Session {
         loop {
             // Shutting down: an idle socket closes now, a busy one after its turn.
             if *draining.borrow_and_update() && self.current.is_none() {
-                let close = CloseFrame {
-                    code: CloseCode::Away,
-                    reason: "server shutting down".into(),
-                };
-                let _ = self.socket.send(Message::Close(Some(close))).await;
+                self.close_going_away().await;
                 return;
             }
             let step = tokio::select! {
                 biased;
                 _ = draining.changed() => Step::Continue,
                 () = deadline.reached() => {
-                    if self.current.take().is_some() {
+                    if let Some(mut generation) = self.current.take() {
+                        generation.cancel("server shutting down");
+                        drop(generation);
                         let error = Error::Engine(llm_engine::Error::ShuttingDown);
                         let _ = self.send(&ServerMessage::Error { error: error.to_api_error() }).await;
                     }
-                    let close = CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "server shutting down".into(),
-                    };
-                    let _ = self.socket.send(Message::Close(Some(close))).await;
+                    self.close_going_away().await;
                     Step::Close
                 }
                 message = self.socket.next() => match message {
@@ -273,6 +267,15 @@ impl Session {
             }
         };
         self.send(&message).await
+    }
+
+    /// Closes the socket with 1001: the server is shutting down.
+    async fn close_going_away(&mut self) {
+        let close = CloseFrame {
+            code: CloseCode::Away,
+            reason: "server shutting down".into(),
+        };
+        let _ = self.socket.send(Message::Close(Some(close))).await;
     }
 
     async fn error(&mut self, error: &Error) -> Step {
