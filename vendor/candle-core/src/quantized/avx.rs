@@ -667,3 +667,107 @@ pub(crate) fn vec_dot_q8k_q8k(n: usize, xs: &[BlockQ8K], ys: &[BlockQ8K]) -> f32
         hsum_float_8(acc)
     }
 }
+
+/// Dot products of `C` Q8_0 weight columns with `R` Q8_0 activation rows, computed together: each
+/// block loaded from memory is reused from registers for `R` (or `C`) products instead of one.
+/// Every product is computed exactly as [`vec_dot_q8_0_q8_0`] computes it (same integer sums per
+/// lane, same scale, same fused multiply-add order, same final horizontal sum), so the results
+/// are bit for bit identical. `out[c][r]` is the dot product of column `c` with row `r`.
+///
+/// # Safety
+/// `xs` must point at `C` columns of `nb` blocks each, `xstride` blocks apart; `ys` at `R` rows of
+/// `nb` blocks each, `ystride` blocks apart.
+#[inline(always)]
+pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize>(
+    nb: usize,
+    xs: *const BlockQ8_0,
+    xstride: usize,
+    ys: *const BlockQ8_0,
+    ystride: usize,
+) -> [[f32; R]; C] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); R]; C];
+    for b in 0..nb {
+        let mut dy = [0f32; R];
+        let mut by = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            let y = &*ys.add(r * ystride + b);
+            dy[r] = f16::to_f32(y.d);
+            by[r] = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+        }
+        for (c, acc) in acc.iter_mut().enumerate() {
+            let x = &*xs.add(c * xstride + b);
+            let dx = f16::to_f32(x.d);
+            let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
+            let ax = _mm256_sign_epi8(bx, bx);
+            for r in 0..R {
+                let sy = _mm256_sign_epi8(by[r], bx);
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy[r]), q, acc[r]);
+            }
+        }
+    }
+    let mut out = [[0f32; R]; C];
+    for c in 0..C {
+        for r in 0..R {
+            out[c][r] = hsum_float_8(acc[c][r]);
+        }
+    }
+    out
+}
+
+/// Weight columns per register tile of [`matmul_q8_0`].
+pub(crate) const Q8_0_TILE_COLS: usize = 4;
+
+/// Multiplies `cols` Q8_0 weight columns (`rhs_t`, `nb` blocks each) with `rows` quantized
+/// activation rows (`lhs`, `nb` blocks each), writing `out[col * rows + row]` (column-major, as
+/// the caller gathers a tile). Register tiles of 4 columns by up to 4 rows; bit-identical to
+/// calling [`vec_dot_q8_0_q8_0`] for every pair.
+pub(crate) fn matmul_q8_0(
+    nb: usize,
+    (rows, cols): (usize, usize),
+    lhs: &[BlockQ8_0],
+    rhs_t: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    assert!(lhs.len() >= rows * nb && rhs_t.len() >= cols * nb && out.len() >= rows * cols);
+    let mut c0 = 0;
+    while c0 < cols {
+        let c = (cols - c0).min(Q8_0_TILE_COLS);
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = (rows - r0).min(4);
+            // SAFETY: the assert above bounds every column and row the tile reads.
+            unsafe {
+                let xs = rhs_t.as_ptr().add(c0 * nb);
+                let ys = lhs.as_ptr().add(r0 * nb);
+                macro_rules! tile {
+                    ($c:literal, $r:literal) => {{
+                        let t = q8_0_tile::<$c, $r>(nb, xs, nb, ys, nb);
+                        for (ci, col) in t.iter().enumerate() {
+                            let start = (c0 + ci) * rows + r0;
+                            out[start..start + $r].copy_from_slice(col);
+                        }
+                    }};
+                }
+                match (c, r) {
+                    (4, 4) => tile!(4, 4),
+                    (4, 3) => tile!(4, 3),
+                    (4, 2) => tile!(4, 2),
+                    (4, 1) => tile!(4, 1),
+                    _ => {
+                        for ci in 0..c {
+                            for ri in 0..r {
+                                let t =
+                                    q8_0_tile::<1, 1>(nb, xs.add(ci * nb), nb, ys.add(ri * nb), nb);
+                                out[(c0 + ci) * rows + r0 + ri] = t[0][0];
+                            }
+                        }
+                    }
+                }
+            }
+            r0 += r;
+        }
+        c0 += c;
+    }
+}

@@ -2297,6 +2297,19 @@ pub fn matmul<T: GgmlType>(
         }
     }
 
+    #[cfg(target_feature = "avx2")]
+    if m > 1 && T::DTYPE == GgmlDType::Q8_0 {
+        // SAFETY: a Q8_0 weight's type is `BlockQ8_0` and so is its `VecDotType`.
+        let (lhs_b, rhs_t) = unsafe {
+            (
+                std::slice::from_raw_parts(lhs_b.as_ptr() as *const BlockQ8_0, lhs_b.len()),
+                std::slice::from_raw_parts(rhs_t.as_ptr() as *const BlockQ8_0, rhs_t.len()),
+            )
+        };
+        matmul_q8_0_avx2((m, n), k_in_blocks, lhs_b, rhs_t, dst);
+        return Ok(());
+    }
+
     if m == 1 {
         dst[..n]
             .par_iter_mut()
@@ -2313,24 +2326,37 @@ pub fn matmul<T: GgmlType>(
     // llm-stream patch: with several lhs rows (a prompt, or a batch of sequences), each weight
     // column is multiplied with a tile of rows while it is in cache, instead of streaming the
     // whole weight matrix from memory once per row (and starting one parallel loop per row).
-    // The tile of quantized rows stays in L2; the results are gathered column-major per tile,
-    // then transposed into `dst`.
+    matmul_row_tiles((m, n), 1, dst, |rows, col0, out| {
+        let rhs_col = &rhs_t[col0 * k_in_blocks..(col0 + 1) * k_in_blocks];
+        for (row, value) in rows.zip(out.iter_mut()) {
+            let lhs_row = &lhs_b[row * k_in_blocks..(row + 1) * k_in_blocks];
+            *value = T::vec_dot(k, rhs_col, lhs_row);
+        }
+    });
+    Ok(())
+}
+
+/// llm-stream patch: runs `kernel` over tiles of up to 64 lhs rows and `tile_cols` weight
+/// columns, in parallel over the columns, each column meeting the whole row tile while it is in
+/// cache. `kernel(rows, first_column, out)` writes the tile column-major (`out[col * rows.len()
+/// + row]`); the tiles are then transposed into `dst` (`m` rows of `n`).
+fn matmul_row_tiles(
+    (m, n): (usize, usize),
+    tile_cols: usize,
+    dst: &mut [f32],
+    kernel: impl Fn(std::ops::Range<usize>, usize, &mut [f32]) + Sync,
+) {
     const ROWS_PER_TILE: usize = 64;
     let mut tile_out = vec![0f32; n * ROWS_PER_TILE.min(m)];
     for tile_start in (0..m).step_by(ROWS_PER_TILE) {
         let rows = (m - tile_start).min(ROWS_PER_TILE);
-        let lhs_tile = &lhs_b[tile_start * k_in_blocks..(tile_start + rows) * k_in_blocks];
         let out = &mut tile_out[..n * rows];
-        out.par_chunks_mut(rows)
+        out.par_chunks_mut(rows * tile_cols)
             .enumerate()
-            .with_min_len((128 / rows).max(1))
-            .with_max_len(512)
-            .for_each(|(col_idx, col_out)| {
-                let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                for (row, value) in col_out.iter_mut().enumerate() {
-                    let lhs_row = &lhs_tile[row * k_in_blocks..(row + 1) * k_in_blocks];
-                    *value = T::vec_dot(k, rhs_col, lhs_row);
-                }
+            .with_min_len((128 / (rows * tile_cols)).max(1))
+            .with_max_len((512 / tile_cols).max(1))
+            .for_each(|(chunk, cols_out)| {
+                kernel(tile_start..tile_start + rows, chunk * tile_cols, cols_out)
             });
         for row in 0..rows {
             let dst_row = &mut dst[(tile_start + row) * n..(tile_start + row + 1) * n];
@@ -2339,7 +2365,32 @@ pub fn matmul<T: GgmlType>(
             }
         }
     }
-    Ok(())
+}
+
+/// The Q8_0 case of [`matmul`] on AVX2 with several rows (a prompt, or a batch of decoding
+/// sequences), bit-identical to the generic path: register tiles of 4 weight columns by up to 4
+/// rows (`super::avx::matmul_q8_0`), so that each block loaded is used four times. One row
+/// stays on the generic path, which reads the weights in memory order and measured faster for
+/// decoding a single sequence.
+#[cfg(target_feature = "avx2")]
+fn matmul_q8_0_avx2(
+    (m, n): (usize, usize),
+    nb: usize,
+    lhs_b: &[BlockQ8_0],
+    rhs_t: &[BlockQ8_0],
+    dst: &mut [f32],
+) {
+    use super::avx::{matmul_q8_0, Q8_0_TILE_COLS};
+    matmul_row_tiles((m, n), Q8_0_TILE_COLS, dst, |rows, col0, out| {
+        let (row_count, cols) = (rows.len(), out.len() / rows.len());
+        matmul_q8_0(
+            nb,
+            (row_count, cols),
+            &lhs_b[rows.start * nb..rows.end * nb],
+            &rhs_t[col0 * nb..],
+            out,
+        );
+    });
 }
 
 pub fn matmul_f16<T: GgmlType>(
