@@ -30,7 +30,7 @@ use mistralrs::{
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::{Error, Result};
-use crate::model::{ModelSource, Weights};
+use crate::model::{EngineDevice, ModelSource, Weights};
 use crate::stats::{Counters, EngineStats, GaugeGuard};
 use crate::stop::{Filtered, StopFilter};
 use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, Timings};
@@ -53,9 +53,11 @@ pub struct EngineBuilder {
     weights: Weights,
     cache_dir: Option<PathBuf>,
     served_name: Option<String>,
+    device: EngineDevice,
     max_num_seqs: usize,
     queue_limit: usize,
     event_buffer: usize,
+    prefix_cache_entries: usize,
     on_finish: Option<TimingsHook>,
 }
 
@@ -66,9 +68,11 @@ impl std::fmt::Debug for EngineBuilder {
             .field("weights", &self.weights)
             .field("cache_dir", &self.cache_dir)
             .field("served_name", &self.served_name)
+            .field("device", &self.device)
             .field("max_num_seqs", &self.max_num_seqs)
             .field("queue_limit", &self.queue_limit)
             .field("event_buffer", &self.event_buffer)
+            .field("prefix_cache_entries", &self.prefix_cache_entries)
             .field("on_finish", &self.on_finish.is_some())
             .finish()
     }
@@ -81,9 +85,11 @@ impl Default for EngineBuilder {
             weights: Weights::Auto,
             cache_dir: None,
             served_name: None,
+            device: EngineDevice::Cpu,
             max_num_seqs: 8,
             queue_limit: 64,
             event_buffer: 1024,
+            prefix_cache_entries: 16,
             on_finish: None,
         }
     }
@@ -116,6 +122,25 @@ impl EngineBuilder {
     #[must_use]
     pub fn served_name(mut self, name: impl Into<String>) -> Self {
         self.served_name = Some(name.into());
+        self
+    }
+
+    /// Where the model runs (default [`EngineDevice::Cpu`]). GPUs need this crate's `cuda` or
+    /// `metal` feature; without it [`build`](Self::build) fails with [`Error::Device`].
+    #[must_use]
+    pub fn device(mut self, device: EngineDevice) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// How many finished conversations the prefix cache keeps (default 16; 0 turns it off).
+    /// A request whose prompt begins like a kept one (the same system prompt, or the next turn
+    /// of the same chat) reuses its attention cache and computes only the rest of the prompt.
+    /// Each entry holds the KV cache of one conversation (for the default model about 24 MB
+    /// per 512 tokens).
+    #[must_use]
+    pub fn prefix_cache_entries(mut self, entries: usize) -> Self {
+        self.prefix_cache_entries = entries;
         self
     }
 
@@ -154,7 +179,8 @@ impl EngineBuilder {
     /// Fetches (if needed) and loads the model, and starts mistral.rs.
     ///
     /// # Errors
-    /// [`Error::ModelFetch`], [`Error::InvalidModel`] or [`Error::ModelLoad`].
+    /// [`Error::Device`], [`Error::ModelFetch`], [`Error::InvalidModel`] or
+    /// [`Error::ModelLoad`].
     ///
     /// # Panics
     /// If called outside a Tokio runtime.
@@ -163,8 +189,10 @@ impl EngineBuilder {
             .cache_dir
             .clone()
             .unwrap_or_else(crate::default_cache_dir);
-        let (model, weights) = (self.model.clone(), self.weights);
-        let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir, weights))
+        // Fail on a missing device before fetching or converting anything.
+        self.device.open()?;
+        let (model, weights, device) = (self.model.clone(), self.weights, self.device);
+        let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir, weights, device))
             .await
             .map_err(|error| Error::ModelLoad {
                 model: self.model.default_name(),
@@ -175,6 +203,8 @@ impl EngineBuilder {
             method: DefaultSchedulerMethod::Fixed(max_num_seqs),
         };
         let mistral = MistralRsBuilder::new(pipeline, scheduler, false, None)
+            .with_prefix_cache_n(self.prefix_cache_entries)
+            .with_no_prefix_cache(self.prefix_cache_entries == 0)
             .build()
             .await;
         let context_length = mistral
@@ -186,7 +216,7 @@ impl EngineBuilder {
             .served_name
             .clone()
             .unwrap_or_else(|| self.model.default_name());
-        tracing::info!(model = %name, context_length, max_num_seqs = self.max_num_seqs, "engine ready");
+        tracing::info!(model = %name, device = %self.device, context_length, max_num_seqs = self.max_num_seqs, prefix_cache_entries = self.prefix_cache_entries, "engine ready");
         Ok(Engine {
             inner: Arc::new(Inner {
                 mistral,

@@ -47,6 +47,18 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The device to run on cannot be opened.
+    #[error(
+        "cannot run on {device}: {source} (GPU devices need a build with the `cuda` or `metal` \
+         feature; `cpu` always works)"
+    )]
+    Device {
+        /// The device asked for.
+        device: crate::EngineDevice,
+        /// candle's error.
+        #[source]
+        source: BoxError,
+    },
     /// The request is malformed or out of range.
     #[error("{message}")]
     InvalidRequest {

@@ -52,6 +52,6 @@ pub use fetch::{
     default_cache_dir, ensure_default_model, DEFAULT_MODEL_FILE, DEFAULT_MODEL_PACKAGE,
     DEFAULT_MODEL_SHA256,
 };
-pub use model::{ModelSource, Weights};
+pub use model::{EngineDevice, ModelSource, Weights};
 pub use stats::EngineStats;
 pub use stream::{ChatStream, Completion, EngineEvent, Finish, Timings};

@@ -38,6 +38,72 @@ impl Weights {
     }
 }
 
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EngineDevice {
+    /// The CPU, with F32 compute (faster there than F16 or BF16; quantized weights stay
+    /// quantized).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU by ordinal, with the compute type mistral.rs picks for it. Needs this
+    /// crate's `cuda` feature.
+    Cuda(usize),
+    /// An Apple GPU by ordinal. Needs this crate's `metal` feature.
+    Metal(usize),
+}
+
+impl EngineDevice {
+    /// Parses `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.to_ascii_lowercase();
+        let (kind, ordinal) = match text.split_once(':') {
+            Some((kind, ordinal)) => (kind, Some(ordinal.parse().ok()?)),
+            None => (text.as_str(), None),
+        };
+        match (kind, ordinal) {
+            ("cpu", None) => Some(Self::Cpu),
+            ("cuda", ordinal) => Some(Self::Cuda(ordinal.unwrap_or(0))),
+            ("metal", ordinal) => Some(Self::Metal(ordinal.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    /// Opens the device.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when this build lacks the device's feature or the device is missing.
+    pub(crate) fn open(self) -> Result<Device> {
+        let opened = match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(ordinal) => Device::new_cuda(ordinal),
+            Self::Metal(ordinal) => Device::new_metal(ordinal),
+        };
+        opened.map_err(|error| Error::Device {
+            device: self,
+            source: error.into(),
+        })
+    }
+
+    /// The compute type to load weights with on this device.
+    fn dtype(self) -> ModelDType {
+        match self {
+            Self::Cpu => ModelDType::F32,
+            Self::Cuda(_) | Self::Metal(_) => ModelDType::Auto,
+        }
+    }
+}
+
+impl std::fmt::Display for EngineDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+            Self::Metal(ordinal) => write!(f, "metal:{ordinal}"),
+        }
+    }
+}
+
 /// The model to serve.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -113,12 +179,13 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model on the CPU with F32 compute, converting GGUF weights first if `weights`
-    /// asks for it. Blocking: run it off the async runtime.
+    /// Loads the model on `device`, converting GGUF weights first if `weights` asks for it.
+    /// Blocking: run it off the async runtime.
     pub(crate) fn load(
         &self,
         cache_dir: &Path,
         weights: Weights,
+        device: EngineDevice,
     ) -> Result<Arc<tokio::sync::Mutex<dyn Pipeline>>> {
         let (loader, model_id): (Box<dyn Loader>, String) = match (self, weights) {
             (Self::Default, _) => {
@@ -127,11 +194,11 @@ impl ModelSource {
                     Weights::Auto => Weights::Convert(WeightFormat::Q8_0),
                     other => other,
                 };
-                return Self::Gguf(path).load(cache_dir, weights);
+                return Self::Gguf(path).load(cache_dir, weights, device);
             }
             (Self::Gguf(path), Weights::Convert(format)) => {
                 let converted = ensure_converted(path, format)?;
-                return Self::Gguf(converted).load(cache_dir, Weights::Keep);
+                return Self::Gguf(converted).load(cache_dir, Weights::Keep, device);
             }
             (Self::Safetensors(_) | Self::HuggingFace(_), Weights::Convert(_)) => {
                 return Err(Error::InvalidModel {
@@ -171,16 +238,15 @@ impl ModelSource {
             }
             (Self::HuggingFace(id), _) => (normal_loader(id)?, id.clone()),
         };
-        tracing::info!(model = %model_id, "loading the model");
+        let opened = device.open()?;
+        tracing::info!(model = %model_id, %device, "loading the model");
         let started = std::time::Instant::now();
-        // F32 compute: on CPU it is faster than the F16/BF16 that `Auto` picks, and quantized
-        // GGUF weights stay quantized either way.
         let pipeline = loader
             .load_model_from_hf(
                 None,
                 TokenSource::None,
-                &ModelDType::F32,
-                &Device::Cpu,
+                &device.dtype(),
+                &opened,
                 true,
                 DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
                 None,

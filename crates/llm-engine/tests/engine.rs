@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use llm_engine::{ChatStream, Engine, EngineBuilder, EngineEvent, Error, Finish};
+use llm_engine::{ChatStream, Engine, EngineBuilder, EngineDevice, EngineEvent, Error, Finish};
 use llm_protocol::{ChatCompletionRequest, ChatMessage, FinishReason, Role};
 
 fn ask(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
@@ -381,4 +381,33 @@ fn weight_choices_parse() {
         llm_engine::converted_path(std::path::Path::new("/m/x.Q4_1.gguf"), WeightFormat::F16),
         std::path::Path::new("/m/x.Q4_1.as-F16.gguf")
     );
+}
+
+#[cfg(not(feature = "cuda"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_in_a_cpu_build_is_refused_before_anything_loads() {
+    let error = Engine::builder()
+        .device(EngineDevice::Cuda(0))
+        .cache_dir("/nonexistent/llm-stream-cache")
+        .build()
+        .await
+        .expect_err("no CUDA in this build");
+    assert!(matches!(error, Error::Device { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("cuda:0") && message.contains("`cuda`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn devices_parse() {
+    assert_eq!(EngineDevice::parse("cpu"), Some(EngineDevice::Cpu));
+    assert_eq!(EngineDevice::parse("CUDA"), Some(EngineDevice::Cuda(0)));
+    assert_eq!(EngineDevice::parse("cuda:1"), Some(EngineDevice::Cuda(1)));
+    assert_eq!(EngineDevice::parse("metal:0"), Some(EngineDevice::Metal(0)));
+    for bad in ["gpu", "cuda:x", "cpu:0", ""] {
+        assert_eq!(EngineDevice::parse(bad), None, "{bad}");
+    }
+    assert_eq!(EngineDevice::Cuda(2).to_string(), "cuda:2");
 }

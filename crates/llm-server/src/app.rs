@@ -38,6 +38,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut builder = Engine::builder()
         .model(args.model.clone().unwrap_or_default())
         .weights(args.weights)
+        .device(args.device)
+        .prefix_cache_entries(args.prefix_cache_entries)
         .max_num_seqs(usize::from(args.max_num_seqs))
         .queue_limit(args.queue_limit)
         .event_buffer(args.event_buffer as usize);

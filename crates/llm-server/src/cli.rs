@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use llm_engine::{ModelSource, Weights};
+use llm_engine::{EngineDevice, ModelSource, Weights};
 
 /// Serve a chat model over an OpenAI-compatible streaming API.
 #[derive(Debug, Parser)]
@@ -37,6 +37,17 @@ pub(crate) struct Args {
     /// ~/.cache/llm-stream).
     #[arg(long, env = "LLM_STREAM_CACHE_DIR")]
     pub(crate) cache_dir: Option<PathBuf>,
+
+    /// Where the model runs: `cpu`, or `cuda[:N]` / `metal[:N]` in a build with the `cuda` or
+    /// `metal` feature (`cargo run -p llm-server --features cuda`).
+    #[arg(long, env = "LLM_STREAM_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub(crate) device: EngineDevice,
+
+    /// Finished conversations kept in the prefix cache, so that a prompt beginning like one of
+    /// them (the same system prompt, the next turn of a chat) computes only its new part.
+    /// 0 turns the cache off.
+    #[arg(long, env = "LLM_STREAM_PREFIX_CACHE_ENTRIES", default_value_t = 16)]
+    pub(crate) prefix_cache_entries: usize,
 
     /// How many requests generate at once, in one batch.
     #[arg(long, env = "LLM_STREAM_MAX_NUM_SEQS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
@@ -131,6 +142,11 @@ fn parse_weights(text: &str) -> Result<Weights, String> {
             "`{text}` is not a weight format; use auto, keep, F32, F16, Q8_0, Q4_0, Q4_1 or Q4_K"
         )
     })
+}
+
+fn parse_device(text: &str) -> Result<EngineDevice, String> {
+    EngineDevice::parse(text)
+        .ok_or_else(|| format!("`{text}` is not a device; use cpu, cuda, cuda:N, metal or metal:N"))
 }
 
 fn non_empty(text: &str) -> Result<String, String> {
