@@ -70,10 +70,35 @@ async fn run_one(engine: &Engine, request: &ChatCompletionRequest) -> Run {
 
 /// Single-stream figures: medians over the rounds.
 struct SingleStream {
-    ttft_ms: f64,
+    ttft_cold_ms: f64,
+    ttft_warm_ms: f64,
     prompt_tokens: u32,
     prefill: f64,
     decode: f64,
+}
+
+/// Short questions, a different one each round, so that none is answered from the prefix cache
+/// as a whole.
+const SHORT: [&str; 5] = [
+    "Hi!",
+    "Name a colour.",
+    "What is two plus two?",
+    "Say hello.",
+    "Is water wet?",
+];
+
+/// `prompt` under a system message no earlier request used, so that nothing but the chat
+/// template's first tokens can come from the prefix cache.
+fn uncached(round: usize, prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
+    let mut request = request(prompt, max_tokens);
+    request.messages.insert(
+        0,
+        ChatMessage::new(
+            Role::System,
+            format!("Benchmark round {round}: you are a helpful assistant."),
+        ),
+    );
+    request
 }
 
 async fn single_stream(engine: &Engine, rounds: usize) -> SingleStream {
@@ -81,12 +106,16 @@ async fn single_stream(engine: &Engine, rounds: usize) -> SingleStream {
         "Summarise this text in one sentence: {}",
         "The river flows through the valley, past farms and small towns, to the sea. ".repeat(24)
     );
-    let (mut ttft, mut prefill, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cold, mut warm, mut prefill, mut decode) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut prompt_tokens = 0;
-    for _ in 0..rounds {
-        let short = run_one(engine, &request("Hi!", 1)).await;
-        ttft.push(short.ttft.as_secs_f64() * 1e3);
-        let long = run_one(engine, &request(&long_prompt, 1)).await;
+    for round in 0..rounds {
+        // A new question under the default system prompt, which earlier requests cached.
+        let short = run_one(engine, &request(SHORT[round % SHORT.len()], 1)).await;
+        warm.push(short.ttft.as_secs_f64() * 1e3);
+        let short = run_one(engine, &uncached(round, SHORT[round % SHORT.len()], 1)).await;
+        cold.push(short.ttft.as_secs_f64() * 1e3);
+        let long = run_one(engine, &uncached(round + rounds, &long_prompt, 1)).await;
         prompt_tokens = long.prompt_tokens;
         prefill.push(f64::from(long.prompt_tokens) / long.ttft.as_secs_f64());
         let story = run_one(engine, &request(PROMPTS[0], 128)).await;
@@ -94,7 +123,8 @@ async fn single_stream(engine: &Engine, rounds: usize) -> SingleStream {
         decode.push(f64::from(story.generated.saturating_sub(1)) / decode_time);
     }
     SingleStream {
-        ttft_ms: median(ttft),
+        ttft_cold_ms: median(cold),
+        ttft_warm_ms: median(warm),
         prompt_tokens,
         prefill: median(prefill),
         decode: median(decode),
@@ -153,7 +183,7 @@ async fn formats(rounds: usize) -> String {
         let row = format!(
             "| {} | {size} MiB | {converted} | {:.0} ms | {:.0} | {:.1} | {answer} |\n",
             format.name(),
-            figures.ttft_ms,
+            figures.ttft_cold_ms,
             figures.prefill,
             figures.decode
         );
@@ -205,10 +235,15 @@ async fn main() {
     let single = single_stream(&engine, rounds).await;
     let single = format!(
         "| metric | median of {rounds} |\n|---|---|\n\
-         | time to first token, short prompt, idle engine | {:.0} ms |\n\
-         | prompt processing ({} tokens) | {:.0} tok/s |\n\
+         | time to first token, new short question, system prompt in the prefix cache | {:.0} ms |\n\
+         | time to first token, short prompt, nothing cached | {:.0} ms |\n\
+         | prompt processing ({} tokens, nothing cached) | {:.0} tok/s |\n\
          | generation, one stream | {:.1} tok/s |\n",
-        single.ttft_ms, single.prompt_tokens, single.prefill, single.decode,
+        single.ttft_warm_ms,
+        single.ttft_cold_ms,
+        single.prompt_tokens,
+        single.prefill,
+        single.decode,
     );
     println!("{single}");
 
