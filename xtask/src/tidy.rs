@@ -20,8 +20,23 @@ mod tests {
 
     impl Graph {
         fn load() -> Self {
+            // The graph for this machine's platform only: the full graph also names every
+            // platform's dependencies (and GPU features'), which a fresh machine has not
+            // downloaded, and `--offline` would then fail.
+            let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+                .arg("-vV")
+                .output()
+                .expect("rustc -vV runs");
+            let version = String::from_utf8_lossy(&rustc.stdout);
+            let host = version
+                .lines()
+                .find_map(|line| line.strip_prefix("host: "))
+                .expect("rustc -vV names the host")
+                .trim()
+                .to_owned();
             let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["metadata", "--format-version", "1", "--offline"])
+                .args(["--filter-platform", &host])
                 .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
                 .output()
                 .expect("cargo metadata runs");
