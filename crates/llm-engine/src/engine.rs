@@ -190,21 +190,22 @@ impl EngineBuilder {
             .clone()
             .unwrap_or_else(crate::default_cache_dir);
         // Fail on a missing device before fetching or converting anything.
-        self.device.open()?;
+        let opened = self.device.open()?;
         let (model, weights, device) = (self.model.clone(), self.weights, self.device);
-        let pipeline = tokio::task::spawn_blocking(move || model.load(&cache_dir, weights, device))
-            .await
-            .map_err(|error| Error::ModelLoad {
-                model: self.model.default_name(),
-                source: error.into(),
-            })??;
+        let pipeline =
+            tokio::task::spawn_blocking(move || model.load(&cache_dir, weights, device, &opened))
+                .await
+                .map_err(|error| Error::ModelLoad {
+                    model: self.model.default_name(),
+                    source: error.into(),
+                })??;
         let max_num_seqs = NonZeroUsize::new(self.max_num_seqs).unwrap_or(NonZeroUsize::MIN);
         let scheduler = SchedulerConfig::DefaultScheduler {
             method: DefaultSchedulerMethod::Fixed(max_num_seqs),
         };
         let mistral = MistralRsBuilder::new(pipeline, scheduler, false, None)
+            // mistral.rs turns the prefix cache off itself when it may keep no entry.
             .with_prefix_cache_n(self.prefix_cache_entries)
-            .with_no_prefix_cache(self.prefix_cache_entries == 0)
             .build()
             .await;
         let context_length = mistral

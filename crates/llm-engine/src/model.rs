@@ -179,13 +179,14 @@ impl ModelSource {
         }
     }
 
-    /// Loads the model on `device`, converting GGUF weights first if `weights` asks for it.
-    /// Blocking: run it off the async runtime.
+    /// Loads the model on `device` (`opened` by [`EngineDevice::open`]), converting GGUF weights
+    /// first if `weights` asks for it. Blocking: run it off the async runtime.
     pub(crate) fn load(
         &self,
         cache_dir: &Path,
         weights: Weights,
         device: EngineDevice,
+        opened: &Device,
     ) -> Result<Arc<tokio::sync::Mutex<dyn Pipeline>>> {
         let (loader, model_id): (Box<dyn Loader>, String) = match (self, weights) {
             (Self::Default, _) => {
@@ -194,11 +195,11 @@ impl ModelSource {
                     Weights::Auto => Weights::Convert(WeightFormat::Q8_0),
                     other => other,
                 };
-                return Self::Gguf(path).load(cache_dir, weights, device);
+                return Self::Gguf(path).load(cache_dir, weights, device, opened);
             }
             (Self::Gguf(path), Weights::Convert(format)) => {
                 let converted = ensure_converted(path, format)?;
-                return Self::Gguf(converted).load(cache_dir, Weights::Keep, device);
+                return Self::Gguf(converted).load(cache_dir, Weights::Keep, device, opened);
             }
             (Self::Safetensors(_) | Self::HuggingFace(_), Weights::Convert(_)) => {
                 return Err(Error::InvalidModel {
@@ -238,7 +239,6 @@ impl ModelSource {
             }
             (Self::HuggingFace(id), _) => (normal_loader(id)?, id.clone()),
         };
-        let opened = device.open()?;
         tracing::info!(model = %model_id, %device, "loading the model");
         let started = std::time::Instant::now();
         let pipeline = loader
@@ -246,7 +246,7 @@ impl ModelSource {
                 None,
                 TokenSource::None,
                 &device.dtype(),
-                &opened,
+                opened,
                 true,
                 DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
                 None,

@@ -110,10 +110,11 @@ async fn single_stream(engine: &Engine, rounds: usize) -> SingleStream {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut prompt_tokens = 0;
     for round in 0..rounds {
+        let question = SHORT[round % SHORT.len()];
         // A new question under the default system prompt, which earlier requests cached.
-        let short = run_one(engine, &request(SHORT[round % SHORT.len()], 1)).await;
+        let short = run_one(engine, &request(question, 1)).await;
         warm.push(short.ttft.as_secs_f64() * 1e3);
-        let short = run_one(engine, &uncached(round, SHORT[round % SHORT.len()], 1)).await;
+        let short = run_one(engine, &uncached(round, question, 1)).await;
         cold.push(short.ttft.as_secs_f64() * 1e3);
         let long = run_one(engine, &uncached(round + rounds, &long_prompt, 1)).await;
         prompt_tokens = long.prompt_tokens;

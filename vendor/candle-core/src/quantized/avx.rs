@@ -685,7 +685,6 @@ pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize>(
     ys: *const BlockQ8_0,
     ystride: usize,
 ) -> [[f32; R]; C] {
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); R]; C];
     for b in 0..nb {
         let mut dy = [0f32; R];
@@ -702,7 +701,7 @@ pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize>(
             let ax = _mm256_sign_epi8(bx, bx);
             for r in 0..R {
                 let sy = _mm256_sign_epi8(by[r], bx);
-                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
+                let q = mul_sum_us8_pairs_float(ax, sy);
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy[r]), q, acc[r]);
             }
         }
