@@ -428,6 +428,40 @@ pub(crate) struct FileListCache {
     files: Vec<String>,
 }
 
+/// llm-stream: a value moved to another thread although its type does not say it may be.
+struct SendAnyway<T>(T);
+
+// SAFETY: used only for a forward pass's inputs (`Box<dyn Any>` holding tensors and plain data,
+// which are `Send`; the trait object merely does not say so), handed to a rayon worker while the
+// thread that built them waits for the result.
+unsafe impl<T> Send for SendAnyway<T> {}
+
+impl<T> SendAnyway<T> {
+    fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+/// llm-stream: runs a forward pass on a thread of rayon's pool when the model is on the CPU.
+///
+/// Every candle CPU kernel of a forward pass (each matmul, the attention) is a rayon parallel
+/// loop. Started from the engine's own thread, which is not a rayon worker, each loop is handed
+/// to the pool while the engine thread sleeps on a latch until it is done: two thread wake-ups
+/// per kernel, hundreds per decode step, and one of the two cores idles while the engine thread
+/// waits. Started on a worker, the loops run in place and every core works. GPU passes stay on
+/// the engine thread, which holds the device context.
+fn forward_pooled<P: Pipeline + ?Sized>(
+    pipeline: &mut P,
+    inputs: Box<dyn Any>,
+    return_raw_logits: bool,
+) -> Result<ForwardInputsResult, candle_core::Error> {
+    if !pipeline.device().is_cpu() {
+        return pipeline.forward_inputs(inputs, return_raw_logits);
+    }
+    let inputs = SendAnyway(inputs);
+    rayon::scope(move |_| pipeline.forward_inputs(inputs.into_inner(), return_raw_logits))
+}
+
 #[async_trait::async_trait]
 pub trait Pipeline:
     Send
@@ -503,7 +537,7 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = forward_pooled(self, inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -739,7 +773,7 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = forward_pooled(self, inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
