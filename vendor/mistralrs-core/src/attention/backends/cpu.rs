@@ -65,27 +65,44 @@ static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
         .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
 });
 
-const DOT_CHUNK: usize = 4;
+/// llm-stream: lanes of [`vec_dot_f32`]'s partial sums (two 8-float vectors on AVX).
+const DOT_LANES: usize = 16;
 
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
 
-/// Unrolled dot‑product that works purely in `f32`.
+/// Dot product in `f32`.
+///
+/// llm-stream: upstream summed groups of four products into one running sum, a chain of
+/// dependent scalar additions the compiler may not reorder (16 for a head of 64), for every
+/// query and key pair of every layer. Sixteen independent partial sums compile to vector
+/// multiplies and adds: a 445-token prompt is processed about 28% faster.
 #[inline]
 fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    let mut sum = 0f32;
-    let chunks = a.len() / DOT_CHUNK;
-    for i in 0..chunks {
-        let i_chunk = i * DOT_CHUNK;
-        sum += a[i_chunk].to_f32() * b[i_chunk].to_f32()
-            + a[i_chunk + 1].to_f32() * b[i_chunk + 1].to_f32()
-            + a[i_chunk + 2].to_f32() * b[i_chunk + 2].to_f32()
-            + a[i_chunk + 3].to_f32() * b[i_chunk + 3].to_f32();
+    let (a_lanes, b_lanes) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let mut sum = a_lanes
+        .remainder()
+        .iter()
+        .zip(b_lanes.remainder())
+        .map(|(x, y)| x.to_f32() * y.to_f32())
+        .sum::<f32>();
+    let mut partial = [0f32; DOT_LANES];
+    for (xs, ys) in a_lanes.zip(b_lanes) {
+        for ((p, x), y) in partial.iter_mut().zip(xs).zip(ys) {
+            *p += x.to_f32() * y.to_f32();
+        }
     }
-    for i in (chunks * DOT_CHUNK)..a.len() {
-        sum += a[i].to_f32() * b[i].to_f32();
-    }
+    sum += partial.iter().sum::<f32>();
     sum
+}
+
+/// llm-stream: `acc += v * scale`, over slices so that it compiles to vector operations
+/// (upstream indexed `v` by an offset, a bounds check per element).
+#[inline]
+fn add_scaled<T: UpcastF32 + Copy>(acc: &mut [f32], v: &[T], scale: f32) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a += x.to_f32() * scale;
+    }
 }
 
 #[inline]
@@ -511,9 +528,7 @@ where
 
                         // -------- add V ----------
                         let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        for d_i in 0..dv {
-                            vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                        }
+                        add_scaled(&mut vkq[..dv], &v_data[v_base..v_base + dv], vs);
 
                         s = s * ms + vs;
                     }
@@ -702,9 +717,7 @@ where
 
                     // V row (strided) as f32
                     let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                    for d_i in 0..dv {
-                        vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                    }
+                    add_scaled(&mut vkq[..dv], &v_data[v_base..v_base + dv], vs);
 
                     s = s * ms + vs;
                 }
