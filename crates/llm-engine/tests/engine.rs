@@ -5,16 +5,11 @@
 use std::time::Duration;
 
 use llm_engine::{ChatStream, Engine, EngineBuilder, EngineDevice, EngineEvent, Error, Finish};
-use llm_protocol::{ChatCompletionRequest, ChatMessage, FinishReason, Role};
+use llm_protocol::{ChatCompletionRequest, FinishReason};
 
-fn ask(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
-    ChatCompletionRequest {
-        messages: vec![ChatMessage::new(Role::User, prompt)],
-        temperature: Some(0.0),
-        max_tokens: Some(max_tokens),
-        ..ChatCompletionRequest::default()
-    }
-}
+mod common;
+
+use common::ask;
 
 async fn engine(builder: EngineBuilder) -> Engine {
     builder.build().await.expect("the default model loads")
@@ -349,17 +344,7 @@ async fn converted_weights_load_and_answer() {
             .weights(llm_engine::Weights::Keep),
     )
     .await;
-    let answer = engine
-        .submit(&ask("What is the capital of France?", 24))
-        .expect("accepted")
-        .collect()
-        .await
-        .expect("answers");
-    assert!(
-        answer.text.contains("Paris"),
-        "a sensible answer: {:?}",
-        answer.text
-    );
+    common::answers_sensibly(&engine).await;
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 

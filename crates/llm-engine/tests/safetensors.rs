@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use llm_engine::{Engine, ModelSource};
-use llm_protocol::{ChatCompletionRequest, ChatMessage, Role};
 use serde_json::{json, Map};
+
+mod common;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -253,26 +254,7 @@ async fn a_safetensors_folder_loads_and_answers() {
         .build()
         .await
         .expect("the safetensors folder loads");
-    let request = ChatCompletionRequest {
-        messages: vec![ChatMessage::new(
-            Role::User,
-            "What is the capital of France?",
-        )],
-        temperature: Some(0.0),
-        max_tokens: Some(24),
-        ..ChatCompletionRequest::default()
-    };
-    let answer = engine
-        .submit(&request)
-        .expect("accepted")
-        .collect()
-        .await
-        .expect("answers");
-    assert!(
-        answer.text.contains("Paris"),
-        "a sensible answer: {:?}",
-        answer.text
-    );
+    let answer = common::answers_sensibly(&engine).await;
     // The chat template came from tokenizer_config.json: the prompt is the ChatML one the GGUF
     // model gets, default system prompt included, not the bare question (8 tokens).
     assert!(
