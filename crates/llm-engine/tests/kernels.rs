@@ -1,11 +1,12 @@
 //! The patched quantized matmul of `vendor/candle-core` against upstream's own dot product.
 //!
-//! A prompt or a batch (several activation rows) goes through the tiled kernels: register tiles,
-//! and VNNI dot products on CPUs that have them. A single row keeps upstream's one-pair-at-a-time
-//! dot product. Both must give the same floats, bit for bit, so that batching and prompt length
-//! never change an answer: each row of a many-row product is compared with that row multiplied
-//! alone.
+//! Q8_0 weights go through the tiled kernels (register tiles, prefetching, and VNNI dot
+//! products on CPUs that have them), one activation row or many. Each result must be the float
+//! upstream's `vec_dot` gives for that weight column and row, bit for bit, so that the patch,
+//! batching and prompt length never change an answer. Other formats keep upstream's dot product
+//! and tile only the rows: each row of a many-row product must equal that row multiplied alone.
 
+use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
@@ -55,12 +56,55 @@ fn check(format: GgmlDType, k: usize, n: usize, rows: &[usize]) {
     }
 }
 
+/// Q8_0 blocks of each row of a `rows` by `k` matrix.
+fn q8_0_rows(values: &[f32], k: usize) -> Vec<Vec<BlockQ8_0>> {
+    values
+        .chunks(k)
+        .map(|row| {
+            let mut blocks = vec![BlockQ8_0::zeros(); k / 32];
+            BlockQ8_0::from_float(row, &mut blocks);
+            blocks
+        })
+        .collect()
+}
+
 #[test]
-fn q8_0_rows_together_equal_rows_alone_bit_for_bit() {
+fn q8_0_matmul_equals_upstream_dot_products_bit_for_bit() {
     // 576 is the default model's hidden size (18 blocks); 37 columns leave a partial column
     // tile; 70 rows go past one 64-row tile; 1 to 5 rows cover every register tile height.
-    check(GgmlDType::Q8_0, 576, 37, &[2, 3, 4, 5, 70]);
-    check(GgmlDType::Q8_0, 1536, 64, &[4, 9]);
+    for (k, n, rows) in [
+        (576, 37, &[1, 2, 3, 4, 5, 70][..]),
+        (1536, 64, &[1, 4, 9][..]),
+    ] {
+        let weight_values = values(n * k, 7);
+        let weights = Tensor::from_vec(weight_values.clone(), (n, k), &Device::Cpu).expect("w");
+        let matmul =
+            QMatMul::from_qtensor(QTensor::quantize(&weights, GgmlDType::Q8_0).expect("quantize"))
+                .expect("matmul");
+        let columns = q8_0_rows(&weight_values, k);
+        for &m in rows {
+            let xs_values = values(m * k, 11 + m as u64);
+            let xs = Tensor::from_vec(xs_values.clone(), (m, k), &Device::Cpu).expect("xs");
+            let got: Vec<Vec<f32>> = matmul
+                .forward(&xs)
+                .expect("matmul")
+                .to_vec2()
+                .expect("floats");
+            for (row, (got, blocks)) in got.iter().zip(q8_0_rows(&xs_values, k)).enumerate() {
+                let differing = got
+                    .iter()
+                    .zip(&columns)
+                    .filter(|(value, column)| {
+                        value.to_bits() != BlockQ8_0::vec_dot(k, column, &blocks).to_bits()
+                    })
+                    .count();
+                assert_eq!(
+                    differing, 0,
+                    "{m}x{k} by {k}x{n}: row {row} differs from upstream's dot product in {differing} of {n} columns"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -2298,7 +2298,7 @@ pub fn matmul<T: GgmlType>(
     }
 
     #[cfg(target_feature = "avx2")]
-    if m > 1 && T::DTYPE == GgmlDType::Q8_0 {
+    if T::DTYPE == GgmlDType::Q8_0 {
         // SAFETY: a Q8_0 weight's type is `BlockQ8_0` and so is its `VecDotType`.
         let (lhs_b, rhs_t) = unsafe {
             (
@@ -2367,11 +2367,11 @@ fn matmul_row_tiles(
     }
 }
 
-/// The Q8_0 case of [`matmul`] on AVX2 with several rows (a prompt, or a batch of decoding
-/// sequences), bit-identical to the generic path: register tiles of 4 weight columns by up to 4
-/// rows (`super::avx::matmul_q8_0`), so that each block loaded is used four times. One row
-/// stays on the generic path, which reads the weights in memory order and measured faster for
-/// decoding a single sequence.
+/// The Q8_0 case of [`matmul`] on AVX2 (a prompt, a batch of decoding sequences, or one),
+/// bit-identical to the generic path: register tiles of 4 weight columns by up to 4 rows
+/// (`super::avx::matmul_q8_0`), so that each block loaded is used up to four times, with the
+/// next tile's weights prefetched while a tile computes. One row gains too: four columns give
+/// the core four independent dot products, and the prefetch keeps the weights streaming.
 #[cfg(target_feature = "avx2")]
 fn matmul_q8_0_avx2(
     (m, n): (usize, usize),
