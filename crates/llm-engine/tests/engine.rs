@@ -101,6 +101,27 @@ async fn streamed_and_collected_answers_are_identical_at_temperature_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_repeat_answers_the_same_from_the_prefix_cache() {
+    let engine = engine(Engine::builder()).await;
+    let request = ask("Explain in three sentences why the sky is blue.", 120);
+    let first = engine
+        .submit(&request)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("answers");
+    // The same prompt again: the prefix cache holds all of it, so only its last token is
+    // computed, as a one-token step, where the first request computed it in a many-token one.
+    let again = engine
+        .submit(&request)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("answers");
+    assert_eq!(again.text, first.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn korean_deltas_are_whole_characters() {
     let engine = engine(Engine::builder()).await;
     // Prompts this small model answers with Hangul (and emoji): multi-byte characters that

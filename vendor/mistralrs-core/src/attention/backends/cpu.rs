@@ -651,75 +651,105 @@ where
                 let k_head = h_i / rk2;
                 let v_head = h_i / rv2;
 
-                let mut vkq = vec![0f32; dv];
-                let mut s = 0.0f32;
-                let mut m = f32::NEG_INFINITY;
-
                 // Q row
                 let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
                 let q_row = &q_data[q_base..q_base + d];
 
-                for kv_pos in 0..kv_len {
-                    // -------- ping‑pong prefetch of next KV row --------
-                    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                    {
-                        let next_pos = kv_pos + 1;
-                        if next_pos < kv_len {
-                            let next_k_base =
-                                b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                            let next_v_base =
-                                b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                            unsafe {
-                                prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
+                // llm-stream: the keys are taken in tiles of `TILE_KV`, each with its own running
+                // softmax, and the tiles merged in order, exactly as `flash_attn_cpu_single_q`
+                // computes a one-token step. A row's result is then the same floats whether its
+                // token is computed within a prompt or alone: an exact repeat served from the
+                // prefix cache computes only its last token, and must answer as the first request
+                // did. (Upstream ran one softmax over all keys here, and the answers drifted.)
+                let mut vkq = vec![0f32; dv];
+                let mut s = 0.0f32;
+                let mut m = f32::NEG_INFINITY;
+                let mut merged_any = false;
+                let mut tile_vkq = vec![0f32; dv];
+
+                for tile_start in (0..kv_len).step_by(TILE_KV) {
+                    let tile_end = (tile_start + TILE_KV).min(kv_len);
+                    tile_vkq.fill(0.0);
+                    let mut tile_s = 0.0f32;
+                    let mut tile_m = f32::NEG_INFINITY;
+                    for kv_pos in tile_start..tile_end {
+                        // -------- ping‑pong prefetch of next KV row --------
+                        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+                        {
+                            let next_pos = kv_pos + 1;
+                            if next_pos < kv_len {
+                                let next_k_base =
+                                    b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
+                                let next_v_base =
+                                    b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
+                                unsafe {
+                                    prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
+                                    prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
+                                }
                             }
                         }
+                        // Mask (optional)
+                        let mv = mask_info
+                            .as_ref()
+                            .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
+                            .unwrap_or(0.0);
+                        if mv == f32::NEG_INFINITY {
+                            continue;
+                        }
+
+                        let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
+                        let k_row = &k_data[k_base..k_base + d];
+
+                        // dot(Q, K), scaled and capped as the one-token step does
+                        let mut s_val = vec_dot_f32(q_row, k_row) * scale;
+                        if logit_softcap != 0.0 {
+                            s_val = logit_softcap * (s_val / logit_softcap).tanh();
+                        }
+                        s_val += mv;
+
+                        // online softmax within the tile
+                        let m_old = tile_m;
+                        let mut ms = 1.0f32;
+                        let mut vs = 1.0f32;
+                        if s_val > tile_m {
+                            tile_m = s_val;
+                            ms = (m_old - tile_m).exp();
+                            for v in tile_vkq.iter_mut() {
+                                *v *= ms;
+                            }
+                        } else {
+                            vs = (s_val - tile_m).exp();
+                        }
+
+                        let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
+                        add_scaled(&mut tile_vkq[..dv], &v_data[v_base..v_base + dv], vs);
+
+                        tile_s = tile_s * ms + vs;
                     }
-                    // ----------------------------------------------------
-                    // Mask (optional)
-                    let mv = mask_info
-                        .as_ref()
-                        .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
-                        .unwrap_or(0.0);
-                    if mv == f32::NEG_INFINITY {
+                    if tile_m == f32::NEG_INFINITY {
+                        // Every key of the tile is masked: nothing to merge.
                         continue;
                     }
-
-                    // K row
-                    let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                    let k_row = &k_data[k_base..k_base + d];
-
-                    // dot(Q, K)
-                    let mut s_val = vec_dot_f32(q_row, k_row);
-                    let mut scale_applied = scale;
-                    if logit_softcap != 0.0 {
-                        scale_applied /= logit_softcap;
-                    }
-                    s_val *= scale_applied;
-                    if logit_softcap != 0.0 {
-                        s_val = logit_softcap * s_val.tanh();
-                    }
-                    s_val += mv;
-
-                    // online softmax
-                    let m_old = m;
-                    let mut ms = 1.0f32;
-                    let mut vs = 1.0f32;
-                    if s_val > m {
-                        m = s_val;
-                        ms = (m_old - m).exp();
-                        for v in vkq.iter_mut() {
-                            *v *= ms;
+                    // merge, as the one-token step's serial reduction over tiles
+                    if !merged_any {
+                        vkq.copy_from_slice(&tile_vkq);
+                        s = tile_s;
+                        m = tile_m;
+                        merged_any = true;
+                    } else if m >= tile_m {
+                        let factor = (tile_m - m).exp();
+                        for (v, v_b) in vkq.iter_mut().zip(&tile_vkq) {
+                            *v += v_b * factor;
                         }
+                        s += tile_s * factor;
                     } else {
-                        vs = (s_val - m).exp();
+                        let factor = (m - tile_m).exp();
+                        for (v, v_a) in vkq.iter_mut().zip(&tile_vkq) {
+                            *v = v_a + *v * factor;
+                        }
+                        s = tile_s + s * factor;
+                        m = tile_m;
                     }
-
-                    // V row (strided) as f32
-                    let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                    add_scaled(&mut vkq[..dv], &v_data[v_base..v_base + dv], vs);
-
-                    s = s * ms + vs;
                 }
 
                 // final normalisation + downcast
