@@ -105,6 +105,50 @@ fn add_scaled<T: UpcastF32 + Copy>(acc: &mut [f32], v: &[T], scale: f32) {
     }
 }
 
+/// llm-stream: one key's step of a running softmax over `(vkq, s, m)`: its score and value row.
+/// The one-token step and the prompt path both call this and [`softmax_merge`], so that a
+/// token's attention is the same floats whichever path computes it.
+#[inline(always)]
+fn softmax_add<T: UpcastF32 + Copy>(
+    (vkq, s, m): (&mut [f32], &mut f32, &mut f32),
+    score: f32,
+    v_row: &[T],
+) {
+    let m_old = *m;
+    let mut ms = 1.0f32;
+    let mut vs = 1.0f32;
+    if score > *m {
+        *m = score;
+        ms = (m_old - *m).exp();
+        for v in vkq.iter_mut() {
+            *v *= ms;
+        }
+    } else {
+        vs = (score - *m).exp();
+    }
+    add_scaled(vkq, v_row, vs);
+    *s = *s * ms + vs;
+}
+
+/// llm-stream: merges a tile's running softmax `(vkq_b, s_b, m_b)` into `(vkq, s, m)`.
+#[inline(always)]
+fn softmax_merge((vkq, s, m): (&mut [f32], &mut f32, &mut f32), vkq_b: &[f32], s_b: f32, m_b: f32) {
+    if *m >= m_b {
+        let factor = (m_b - *m).exp();
+        for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
+            *v += v_b * factor;
+        }
+        *s += s_b * factor;
+    } else {
+        let factor = (*m - m_b).exp();
+        for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
+            *v = v_a + *v * factor;
+        }
+        *s = s_b + *s * factor;
+        *m = m_b;
+    }
+}
+
 #[inline]
 fn clamp_index(idx: usize, dim: usize) -> usize {
     if dim == 0 {
@@ -512,25 +556,13 @@ where
                             .unwrap_or(0.0);
                         s_val += mask_delta;
 
-                        // -------- tile-local softmax ----------
-                        let m_old = m;
-                        let mut ms = 1.0;
-                        let mut vs = 1.0;
-                        if s_val > m {
-                            m = s_val;
-                            ms = (m_old - m).exp();
-                            for v in vkq.iter_mut() {
-                                *v *= ms;
-                            }
-                        } else {
-                            vs = (s_val - m).exp();
-                        }
-
-                        // -------- add V ----------
+                        // -------- tile-local softmax, adding V ----------
                         let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        add_scaled(&mut vkq[..dv], &v_data[v_base..v_base + dv], vs);
-
-                        s = s * ms + vs;
+                        softmax_add(
+                            (&mut vkq[..dv], &mut s, &mut m),
+                            s_val,
+                            &v_data[v_base..v_base + dv],
+                        );
                     }
 
                     unsafe {
@@ -560,21 +592,7 @@ where
                 let m_b = scratch_m[base_s];
                 let s_b = scratch_s[base_s];
                 let vkq_b = &scratch[base..base + dv];
-
-                if m >= m_b {
-                    let factor = (m_b - m).exp();
-                    for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
-                        *v += v_b * factor;
-                    }
-                    s += s_b * factor;
-                } else {
-                    let factor = (m - m_b).exp();
-                    for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
-                        *v = v_a + *v * factor;
-                    }
-                    s = s_b + s * factor;
-                    m = m_b;
-                }
+                softmax_merge((&mut vkq, &mut s, &mut m), vkq_b, s_b, m_b);
             }
 
             let inv_s = 1.0 / s;
@@ -708,23 +726,12 @@ where
                         s_val += mv;
 
                         // online softmax within the tile
-                        let m_old = tile_m;
-                        let mut ms = 1.0f32;
-                        let mut vs = 1.0f32;
-                        if s_val > tile_m {
-                            tile_m = s_val;
-                            ms = (m_old - tile_m).exp();
-                            for v in tile_vkq.iter_mut() {
-                                *v *= ms;
-                            }
-                        } else {
-                            vs = (s_val - tile_m).exp();
-                        }
-
                         let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        add_scaled(&mut tile_vkq[..dv], &v_data[v_base..v_base + dv], vs);
-
-                        tile_s = tile_s * ms + vs;
+                        softmax_add(
+                            (&mut tile_vkq[..dv], &mut tile_s, &mut tile_m),
+                            s_val,
+                            &v_data[v_base..v_base + dv],
+                        );
                     }
                     if tile_m == f32::NEG_INFINITY {
                         // Every key of the tile is masked: nothing to merge.
@@ -736,19 +743,8 @@ where
                         s = tile_s;
                         m = tile_m;
                         merged_any = true;
-                    } else if m >= tile_m {
-                        let factor = (tile_m - m).exp();
-                        for (v, v_b) in vkq.iter_mut().zip(&tile_vkq) {
-                            *v += v_b * factor;
-                        }
-                        s += tile_s * factor;
                     } else {
-                        let factor = (m - tile_m).exp();
-                        for (v, v_a) in vkq.iter_mut().zip(&tile_vkq) {
-                            *v = v_a + *v * factor;
-                        }
-                        s = tile_s + s * factor;
-                        m = tile_m;
+                        softmax_merge((&mut vkq, &mut s, &mut m), &tile_vkq, tile_s, tile_m);
                     }
                 }
 
