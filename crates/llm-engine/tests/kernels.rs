@@ -68,43 +68,71 @@ fn q8_0_rows(values: &[f32], k: usize) -> Vec<Vec<BlockQ8_0>> {
         .collect()
 }
 
+/// Multiplies Q8_0 weights with `m` rows of `activations(m)` for each of `rows` and checks every
+/// result against upstream's `vec_dot` of the weight column and the row quantized by upstream's
+/// `from_float`.
+fn check_q8_0(k: usize, n: usize, rows: &[usize], activations: impl Fn(usize) -> Vec<f32>) {
+    let weight_values = values(n * k, 7);
+    let weights = Tensor::from_vec(weight_values.clone(), (n, k), &Device::Cpu).expect("w");
+    let matmul =
+        QMatMul::from_qtensor(QTensor::quantize(&weights, GgmlDType::Q8_0).expect("quantize"))
+            .expect("matmul");
+    let columns = q8_0_rows(&weight_values, k);
+    for &m in rows {
+        let xs_values = activations(m);
+        let xs = Tensor::from_vec(xs_values.clone(), (m, k), &Device::Cpu).expect("xs");
+        let got: Vec<Vec<f32>> = matmul
+            .forward(&xs)
+            .expect("matmul")
+            .to_vec2()
+            .expect("floats");
+        for (row, (got, blocks)) in got.iter().zip(q8_0_rows(&xs_values, k)).enumerate() {
+            let differing = got
+                .iter()
+                .zip(&columns)
+                .filter(|(value, column)| {
+                    value.to_bits() != BlockQ8_0::vec_dot(k, column, &blocks).to_bits()
+                })
+                .count();
+            assert_eq!(
+                differing, 0,
+                "{m}x{k} by {k}x{n}: row {row} differs from upstream's dot product in {differing} of {n} columns"
+            );
+        }
+    }
+}
+
 #[test]
 fn q8_0_matmul_equals_upstream_dot_products_bit_for_bit() {
     // 576 is the default model's hidden size (18 blocks); 37 columns leave a partial column
     // tile; 70 rows go past one 64-row tile; 1 to 5 rows cover every register tile height.
-    for (k, n, rows) in [
-        (576, 37, &[1, 2, 3, 4, 5, 70][..]),
-        (1536, 64, &[1, 4, 9][..]),
-    ] {
-        let weight_values = values(n * k, 7);
-        let weights = Tensor::from_vec(weight_values.clone(), (n, k), &Device::Cpu).expect("w");
-        let matmul =
-            QMatMul::from_qtensor(QTensor::quantize(&weights, GgmlDType::Q8_0).expect("quantize"))
-                .expect("matmul");
-        let columns = q8_0_rows(&weight_values, k);
-        for &m in rows {
-            let xs_values = values(m * k, 11 + m as u64);
-            let xs = Tensor::from_vec(xs_values.clone(), (m, k), &Device::Cpu).expect("xs");
-            let got: Vec<Vec<f32>> = matmul
-                .forward(&xs)
-                .expect("matmul")
-                .to_vec2()
-                .expect("floats");
-            for (row, (got, blocks)) in got.iter().zip(q8_0_rows(&xs_values, k)).enumerate() {
-                let differing = got
-                    .iter()
-                    .zip(&columns)
-                    .filter(|(value, column)| {
-                        value.to_bits() != BlockQ8_0::vec_dot(k, column, &blocks).to_bits()
-                    })
-                    .count();
-                assert_eq!(
-                    differing, 0,
-                    "{m}x{k} by {k}x{n}: row {row} differs from upstream's dot product in {differing} of {n} columns"
-                );
-            }
-        }
-    }
+    check_q8_0(576, 37, &[1, 2, 3, 4, 5, 70], |m| {
+        values(m * 576, 11 + m as u64)
+    });
+    check_q8_0(1536, 64, &[1, 4, 9], |m| values(m * 1536, 11 + m as u64));
+}
+
+#[test]
+fn q8_0_activations_round_halves_as_upstream() {
+    // Blocks whose largest magnitude is 127 quantize with a scale of exactly 1, so values k + 0.5
+    // are ties that must round away from zero; an all-zero block has a zero scale.
+    let k = 576;
+    let activations = |m: usize| -> Vec<f32> {
+        (0..m * k)
+            .map(|i| {
+                let (block, j) = (i / 32, (i % 32) as f32);
+                match (block % 4, i % 32) {
+                    (0, 0) => 127.0,
+                    (0, _) => (j * 8.0) % 253.0 - 126.5,
+                    (1, 0) => -127.0,
+                    (1, _) => -(j % 7.0) - 0.5,
+                    (2, _) => 0.0,
+                    _ => j * 1.37 - 20.0,
+                }
+            })
+            .collect()
+    };
+    check_q8_0(k, 37, &[1, 4, 70], activations);
 }
 
 #[test]

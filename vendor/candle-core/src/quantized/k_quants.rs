@@ -2284,6 +2284,22 @@ pub fn matmul<T: GgmlType>(
     );
     let k_in_blocks = k.div_ceil(T::BLCK_SIZE);
 
+    #[cfg(target_feature = "avx2")]
+    if T::DTYPE == GgmlDType::Q8_0 {
+        // SAFETY: a Q8_0 weight's type is `BlockQ8_0`.
+        let rhs_t = unsafe {
+            std::slice::from_raw_parts(rhs_t.as_ptr() as *const BlockQ8_0, rhs_t.len())
+        };
+        // llm-stream: the activations are quantized with vector instructions, in parallel over
+        // rows when there are enough of them to pay for it (a prompt).
+        let mut lhs_b = vec![BlockQ8_0::zeros(); m * k_in_blocks];
+        let rows = lhs_b.par_chunks_mut(k_in_blocks).zip(lhs.par_chunks(k));
+        rows.with_min_len((16384 / k).max(1))
+            .for_each(|(blocks, row)| super::avx::quantize_row_q8_0(row, blocks));
+        matmul_q8_0_avx2((m, n), k_in_blocks, &lhs_b, rhs_t, dst);
+        return Ok(());
+    }
+
     // TODO: Pre-allocate this.
     let mut lhs_b = vec![T::VecDotType::zeros(); m * k_in_blocks];
     // f32, f16, and bf16 support direct copy
@@ -2295,19 +2311,6 @@ pub fn matmul<T: GgmlType>(
             let lhs = &lhs[row_idx * k..(row_idx + 1) * k];
             T::VecDotType::from_float(lhs, lhs_b_mut)
         }
-    }
-
-    #[cfg(target_feature = "avx2")]
-    if T::DTYPE == GgmlDType::Q8_0 {
-        // SAFETY: a Q8_0 weight's type is `BlockQ8_0` and so is its `VecDotType`.
-        let (lhs_b, rhs_t) = unsafe {
-            (
-                std::slice::from_raw_parts(lhs_b.as_ptr() as *const BlockQ8_0, lhs_b.len()),
-                std::slice::from_raw_parts(rhs_t.as_ptr() as *const BlockQ8_0, rhs_t.len()),
-            )
-        };
-        matmul_q8_0_avx2((m, n), k_in_blocks, lhs_b, rhs_t, dst);
-        return Ok(());
     }
 
     if m == 1 {
