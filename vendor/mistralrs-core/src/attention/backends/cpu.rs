@@ -10,32 +10,6 @@ use rayon::ThreadPool;
 use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
-// Optional hardware prefetch for ping‑pong style scheduling.
-#[cfg(target_arch = "x86_64")]
-use core::arch::x86_64::_mm_prefetch;
-
-// --- portable wrapper around architecture‑specific prefetch -------------
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn prefetch(addr: *const u8) {
-    _mm_prefetch(addr as *const i8, core::arch::x86_64::_MM_HINT_T0);
-}
-
-#[cfg(target_arch = "aarch64")]
-#[inline(always)]
-unsafe fn prefetch(addr: *const u8) {
-    core::arch::asm!(
-        "prfm pldl1keep, [{0}]",
-        in(reg) addr,
-        options(readonly, nostack, preserves_flags)
-    );
-}
-
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-#[inline(always)]
-unsafe fn prefetch(_addr: *const u8) {}
-// -----------------------------------------------------------------------
-
 use crate::attention::SdpaParams;
 
 #[cfg(target_os = "macos")]
@@ -75,25 +49,85 @@ const TILE_KV: usize = 16;
 ///
 /// llm-stream: upstream summed groups of four products into one running sum, a chain of
 /// dependent scalar additions the compiler may not reorder (16 for a head of 64), for every
-/// query and key pair of every layer. Sixteen independent partial sums compile to vector
-/// multiplies and adds: a 445-token prompt is processed about 28% faster.
-#[inline]
+/// query and key pair of every layer. Sixteen independent partial sums compile to vector fused
+/// multiply-adds: a 445-token prompt is processed about 28% faster.
+#[inline(always)]
 fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    let (a_lanes, b_lanes) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-    let mut sum = a_lanes
-        .remainder()
+    let ((a_lanes, a_rest), (b_lanes, b_rest)) =
+        (a.as_chunks::<DOT_LANES>(), b.as_chunks::<DOT_LANES>());
+    let mut sum = a_rest
         .iter()
-        .zip(b_lanes.remainder())
+        .zip(b_rest)
         .map(|(x, y)| x.to_f32() * y.to_f32())
         .sum::<f32>();
     let mut partial = [0f32; DOT_LANES];
-    for (xs, ys) in a_lanes.zip(b_lanes) {
-        for ((p, x), y) in partial.iter_mut().zip(xs).zip(ys) {
-            *p += x.to_f32() * y.to_f32();
+    for (xs, ys) in a_lanes.iter().zip(b_lanes) {
+        for i in 0..DOT_LANES {
+            partial[i] = xs[i].to_f32().mul_add(ys[i].to_f32(), partial[i]);
         }
     }
-    sum += partial.iter().sum::<f32>();
+    sum += sum_lanes(partial);
     sum
+}
+
+/// llm-stream: the sum of `N` (a power of two) floats as a tree of halves, which compiles to a few
+/// vector additions where a running sum is `N` dependent ones.
+#[inline(always)]
+fn sum_lanes<const N: usize>(mut lanes: [f32; N]) -> f32 {
+    let mut width = N / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// llm-stream: the largest of `N` (a power of two) floats, as a tree of halves like [`sum_lanes`].
+#[inline(always)]
+fn max_lanes<const N: usize>(mut lanes: [f32; N]) -> f32 {
+    let mut width = N / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] = lanes[i].max(lanes[i + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// llm-stream: `e^x` for `x <= 0` (a softmax weight), within a few units in the last place of
+/// `expf`, in plain float operations that the compiler vectorizes: range reduction by ln 2, the
+/// Cephes polynomial, and the power of two built in the exponent bits. Upstream called the C
+/// library's `expf` once per query-key pair, a ninth of a long prompt's time. A value computed in
+/// a vector lane is the same float as computed alone, so both attention paths still agree.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds to an integer, held in the low bits of the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Below -87, e^x is under the smallest normal float; the weight is then e^-87, not 0, which
+    // no sum of weights at least 1 (the tile's largest is e^0) can tell apart.
+    let x = x.max(-87.0);
+    let shifted = x.mul_add(std::f32::consts::LOG2_E, ROUND);
+    let n = shifted - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut y = 1.987_569_1e-4f32;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
+        y = y.mul_add(r, c);
+    }
+    let y = y.mul_add(r * r, r + 1.0);
+    // 2^n for n in -126..=0: the integer in `shifted`'s low bits, plus the exponent bias.
+    let pow2n = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
+    y * pow2n
 }
 
 /// llm-stream: `acc += v * scale`, over slices so that it compiles to vector operations
@@ -101,33 +135,103 @@ fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
 #[inline]
 fn add_scaled<T: UpcastF32 + Copy>(acc: &mut [f32], v: &[T], scale: f32) {
     for (a, x) in acc.iter_mut().zip(v) {
-        *a += x.to_f32() * scale;
+        *a = x.to_f32().mul_add(scale, *a);
     }
 }
 
-/// llm-stream: one key's step of a running softmax over `(vkq, s, m)`: its score and value row.
-/// The one-token step and the prompt path both call this and [`softmax_merge`], so that a
-/// token's attention is the same floats whichever path computes it.
-#[inline(always)]
-fn softmax_add<T: UpcastF32 + Copy>(
-    (vkq, s, m): (&mut [f32], &mut f32, &mut f32),
-    score: f32,
-    v_row: &[T],
-) {
-    let m_old = *m;
-    let mut ms = 1.0f32;
-    let mut vs = 1.0f32;
-    if score > *m {
-        *m = score;
-        ms = (m_old - *m).exp();
-        for v in vkq.iter_mut() {
-            *v *= ms;
+/// llm-stream: the key and value rows of one sequence and one query head.
+struct HeadRows<'a, T> {
+    k: &'a [T],
+    v: &'a [T],
+    /// Offsets of the sequence and head in `k` and `v`, and their strides per position.
+    k_base: usize,
+    v_base: usize,
+    k_step: usize,
+    v_step: usize,
+    d: usize,
+}
+
+impl<'a, T> HeadRows<'a, T> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        (k, v): (&'a [T], &'a [T]),
+        (kstride, vstride): (&[usize], &[usize]),
+        b_i: usize,
+        (k_head, v_head): (usize, usize),
+        d: usize,
+    ) -> Self {
+        Self {
+            k,
+            v,
+            k_base: b_i * kstride[0] + k_head * kstride[2],
+            v_base: b_i * vstride[0] + v_head * vstride[2],
+            k_step: kstride[1],
+            v_step: vstride[1],
+            d,
         }
-    } else {
-        vs = (score - *m).exp();
     }
-    add_scaled(vkq, v_row, vs);
-    *s = *s * ms + vs;
+
+    #[inline(always)]
+    fn k(&self, pos: usize) -> &'a [T] {
+        let start = self.k_base + pos * self.k_step;
+        &self.k[start..start + self.d]
+    }
+
+    #[inline(always)]
+    fn v(&self, pos: usize) -> &'a [T] {
+        let start = self.v_base + pos * self.v_step;
+        &self.v[start..start + self.d]
+    }
+}
+
+/// llm-stream: one query row against one tile of up to `TILE_KV` keys: writes the tile's
+/// softmax-weighted sum of value rows into `acc` and returns its `(sum of weights, largest
+/// score)` for [`softmax_merge`]. The tile is `keys` positions from `first`; `mask(position)`
+/// is added to a key's score, and -inf leaves the key out. The one-token step and the prompt path both call this and
+/// [`softmax_merge`], so that a token's attention is the same floats whichever path computes it:
+/// an exact repeat served from the prefix cache computes only its last token, and must answer as
+/// the first request did.
+///
+/// Upstream ran an online softmax key by key (a rescale of the sum whenever a score beat the
+/// running maximum, one scalar `expf` per key). Here the tile's scores come first, then their
+/// maximum, then all of its weights at once in vector lanes.
+#[inline(always)]
+fn attend_tile<T: UpcastF32 + Copy>(
+    q_row: &[T],
+    (scale, logit_softcap): (f32, f32),
+    rows: &HeadRows<'_, T>,
+    (first, keys): (usize, usize),
+    mask: impl Fn(usize) -> f32,
+    acc: &mut [f32],
+) -> (f32, f32) {
+    let mut scores = [f32::NEG_INFINITY; TILE_KV];
+    for (j, score) in scores.iter_mut().enumerate().take(keys) {
+        let mask = mask(first + j);
+        if mask == f32::NEG_INFINITY {
+            continue;
+        }
+        let mut s_val = vec_dot_f32(q_row, rows.k(first + j)) * scale;
+        if logit_softcap != 0.0 {
+            s_val = logit_softcap * (s_val / logit_softcap).tanh();
+        }
+        *score = s_val + mask;
+    }
+    acc.fill(0.0);
+    let m = max_lanes(scores);
+    if m == f32::NEG_INFINITY {
+        return (0.0, m);
+    }
+    let mut weights = [0f32; TILE_KV];
+    for (w, &score) in weights.iter_mut().zip(&scores) {
+        let e = exp_nonpositive(score - m);
+        *w = if score == f32::NEG_INFINITY { 0.0 } else { e };
+    }
+    for (j, &w) in weights.iter().enumerate().take(keys) {
+        if w != 0.0 {
+            add_scaled(acc, rows.v(first + j), w);
+        }
+    }
+    (sum_lanes(weights), m)
 }
 
 /// llm-stream: merges a tile's running softmax `(vkq_b, s_b, m_b)` into `(vkq, s, m)`.
@@ -160,7 +264,7 @@ fn clamp_index(idx: usize, dim: usize) -> usize {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn mask_offset(
     dims: &[usize],
     b: usize,
@@ -280,7 +384,7 @@ struct MaskInfo<'a> {
 }
 
 impl<'a> MaskInfo<'a> {
-    #[inline]
+    #[inline(always)]
     fn value(&self, b_i: usize, h_i: usize, q_pos: usize, kv_pos: usize) -> f32 {
         if let Some(idx) = mask_offset(self.dims, self.b, self.h, b_i, h_i, q_pos, kv_pos) {
             *self.data.get(idx).unwrap_or(&0.0)
@@ -507,6 +611,13 @@ where
                     };
                     let k_head = h_i / rk2;
                     let v_head = h_i / rv2;
+                    let rows = HeadRows::new(
+                        (k_data, v_data),
+                        (kstride, vstride),
+                        b_i,
+                        (k_head, v_head),
+                        d,
+                    );
 
                     // pointers into scratch
                     let base_vk = ((tile_idx * h + h_i) * dv) as isize;
@@ -522,48 +633,19 @@ where
                             dv,
                         )
                     };
-                    let mut s = 0f32;
-                    let mut m = f32::NEG_INFINITY;
-
-                    for kv_pos in start..end {
-                        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                        {
-                            // One‑step look‑ahead prefetch of the next K and V rows.
-                            let next_pos = kv_pos + 1;
-                            if next_pos < end {
-                                let next_k_base =
-                                    b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                                let next_v_base =
-                                    b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                                unsafe {
-                                    prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                    prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
-                                }
-                            }
-                        }
-                        // ---------- dot(Q,K) ----------
-                        let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                        let k_row = &k_data[k_base..k_base + d];
-
-                        let mut s_val = vec_dot_f32(q_row, k_row) * scale;
-
-                        if logit_softcap != 0.0 {
-                            s_val = logit_softcap * (s_val / logit_softcap).tanh();
-                        }
-                        let mask_delta = mask_info
-                            .as_ref()
-                            .map(|mask| slope * mask.value(b_i, h_i, 0, kv_pos))
-                            .unwrap_or(0.0);
-                        s_val += mask_delta;
-
-                        // -------- tile-local softmax, adding V ----------
-                        let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        softmax_add(
-                            (&mut vkq[..dv], &mut s, &mut m),
-                            s_val,
-                            &v_data[v_base..v_base + dv],
-                        );
-                    }
+                    let (s, m) = attend_tile(
+                        q_row,
+                        (scale, logit_softcap),
+                        &rows,
+                        (start, end - start),
+                        |pos| {
+                            mask_info
+                                .as_ref()
+                                .map(|mask| slope * mask.value(b_i, h_i, 0, pos))
+                                .unwrap_or(0.0)
+                        },
+                        &mut vkq[..dv],
+                    );
 
                     unsafe {
                         *((scratch_s_ptr as *mut f32).add(base_s as usize)) = s;
@@ -668,14 +750,21 @@ where
 
                 let k_head = h_i / rk2;
                 let v_head = h_i / rv2;
+                let rows = HeadRows::new(
+                    (k_data, v_data),
+                    (kstride, vstride),
+                    b_i,
+                    (k_head, v_head),
+                    d,
+                );
 
                 // Q row
                 let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
                 let q_row = &q_data[q_base..q_base + d];
 
-                // llm-stream: the keys are taken in tiles of `TILE_KV`, each with its own running
-                // softmax, and the tiles merged in order, exactly as `flash_attn_cpu_single_q`
-                // computes a one-token step. A row's result is then the same floats whether its
+                // llm-stream: the keys are taken in tiles of `TILE_KV` (`attend_tile`), and the
+                // tiles merged in order, exactly as `flash_attn_cpu_single_q` computes a one-token
+                // step. A row's result is then the same floats whether its
                 // token is computed within a prompt or alone: an exact repeat served from the
                 // prefix cache computes only its last token, and must answer as the first request
                 // did. (Upstream ran one softmax over all keys here, and the answers drifted.)
@@ -687,52 +776,19 @@ where
 
                 for tile_start in (0..kv_len).step_by(TILE_KV) {
                     let tile_end = (tile_start + TILE_KV).min(kv_len);
-                    tile_vkq.fill(0.0);
-                    let mut tile_s = 0.0f32;
-                    let mut tile_m = f32::NEG_INFINITY;
-                    for kv_pos in tile_start..tile_end {
-                        // -------- ping‑pong prefetch of next KV row --------
-                        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                        {
-                            let next_pos = kv_pos + 1;
-                            if next_pos < kv_len {
-                                let next_k_base =
-                                    b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                                let next_v_base =
-                                    b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                                unsafe {
-                                    prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                    prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
-                                }
-                            }
-                        }
-                        // Mask (optional)
-                        let mv = mask_info
-                            .as_ref()
-                            .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
-                            .unwrap_or(0.0);
-                        if mv == f32::NEG_INFINITY {
-                            continue;
-                        }
-
-                        let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                        let k_row = &k_data[k_base..k_base + d];
-
-                        // dot(Q, K), scaled and capped as the one-token step does
-                        let mut s_val = vec_dot_f32(q_row, k_row) * scale;
-                        if logit_softcap != 0.0 {
-                            s_val = logit_softcap * (s_val / logit_softcap).tanh();
-                        }
-                        s_val += mv;
-
-                        // online softmax within the tile
-                        let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        softmax_add(
-                            (&mut tile_vkq[..dv], &mut tile_s, &mut tile_m),
-                            s_val,
-                            &v_data[v_base..v_base + dv],
-                        );
-                    }
+                    let (tile_s, tile_m) = attend_tile(
+                        q_row,
+                        (scale, logit_softcap),
+                        &rows,
+                        (tile_start, tile_end - tile_start),
+                        |pos| {
+                            mask_info
+                                .as_ref()
+                                .map(|mask| slope * mask.value(b_i, h_i, q_pos, pos))
+                                .unwrap_or(0.0)
+                        },
+                        &mut tile_vkq,
+                    );
                     if tile_m == f32::NEG_INFINITY {
                         // Every key of the tile is masked: nothing to merge.
                         continue;
