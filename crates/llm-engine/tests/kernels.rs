@@ -1,9 +1,10 @@
-//! The patched quantized matmul of `vendor/candle-core` against upstream's own dot product.
+//! The patched quantized matmul of `vendor/candle-core` against a reference dot product.
 //!
-//! Q8_0 weights go through the tiled kernels (register tiles, prefetching, and VNNI dot
-//! products on CPUs that have them), one activation row or many. Each result must be the float
-//! upstream's `vec_dot` gives for that weight column and row, bit for bit, so that the patch,
-//! batching and prompt length never change an answer. Other formats keep upstream's dot product
+//! Q8_0 weights go through the tiled kernels (register tiles, prefetching, VNNI dot products and
+//! AMX tiles on CPUs that have them), one activation row or many. Each result must be the float
+//! of one fixed arithmetic (exact integer sums per block, then scaled float sums block by block),
+//! bit for bit, whichever kernel computes it, so that batching and prompt length never change an
+//! answer; and within rounding of upstream's `vec_dot`. Other formats keep upstream's dot product
 //! and tile only the rows: each row of a many-row product must equal that row multiplied alone.
 
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
@@ -68,9 +69,38 @@ fn q8_0_rows(values: &[f32], k: usize) -> Vec<Vec<BlockQ8_0>> {
         .collect()
 }
 
+/// A Q8_0 block's scale and bytes, from its dequantized values: each is a byte times the scale,
+/// exactly (at most 8 + 11 significant bits), and `from_float` gives the largest magnitude the
+/// byte 127 (the block's largest value times the inverse of its unrounded scale, rounded).
+fn q8_0_parts(block: &BlockQ8_0) -> (f32, [i32; 32]) {
+    let mut values = [0f32; 32];
+    BlockQ8_0::to_float(std::slice::from_ref(block), &mut values);
+    let scale = values.iter().fold(0f32, |max, v| max.max(v.abs())) / 127.0;
+    let bytes = values.map(|v| if scale == 0.0 { 0.0 } else { v / scale });
+    assert!(
+        bytes.iter().all(|b| b.fract() == 0.0 && b.abs() <= 127.0),
+        "{bytes:?}"
+    );
+    #[allow(clippy::cast_possible_truncation)] // whole numbers in -127..=127
+    (scale, bytes.map(|b| b as i32))
+}
+
+/// The dot product every Q8_0 kernel of `vendor/candle-core` computes: for each block in order,
+/// the exact integer sum of its 32 byte products, times the product of the scales, added to the
+/// float sum in one fused multiply-add.
+fn q8_0_dot(column: &[BlockQ8_0], row: &[BlockQ8_0]) -> f32 {
+    column.iter().zip(row).fold(0f32, |acc, (x, y)| {
+        let ((dx, qx), (dy, qy)) = (q8_0_parts(x), q8_0_parts(y));
+        let sum: i32 = qx.iter().zip(&qy).map(|(a, b)| a * b).sum();
+        #[allow(clippy::cast_precision_loss)] // at most 32 * 128 * 128, exact in an f32
+        (dx * dy).mul_add(sum as f32, acc)
+    })
+}
+
 /// Multiplies Q8_0 weights with `m` rows of `activations(m)` for each of `rows` and checks every
-/// result against upstream's `vec_dot` of the weight column and the row quantized by upstream's
-/// `from_float`.
+/// result against [`q8_0_dot`] of the weight column and the row quantized by upstream's
+/// `from_float`, bit for bit, and against upstream's own `vec_dot` (which sums in another order)
+/// within rounding.
 fn check_q8_0(k: usize, n: usize, rows: &[usize], activations: impl Fn(usize) -> Vec<f32>) {
     let weight_values = values(n * k, 7);
     let weights = Tensor::from_vec(weight_values.clone(), (n, k), &Device::Cpu).expect("w");
@@ -87,29 +117,36 @@ fn check_q8_0(k: usize, n: usize, rows: &[usize], activations: impl Fn(usize) ->
             .to_vec2()
             .expect("floats");
         for (row, (got, blocks)) in got.iter().zip(q8_0_rows(&xs_values, k)).enumerate() {
-            let differing = got
-                .iter()
-                .zip(&columns)
-                .filter(|(value, column)| {
-                    value.to_bits() != BlockQ8_0::vec_dot(k, column, &blocks).to_bits()
-                })
-                .count();
-            assert_eq!(
-                differing, 0,
-                "{m}x{k} by {k}x{n}: row {row} differs from upstream's dot product in {differing} of {n} columns"
-            );
+            for (col, (&value, column)) in got.iter().zip(&columns).enumerate() {
+                let expected = q8_0_dot(column, &blocks);
+                assert_eq!(
+                    value.to_bits(),
+                    expected.to_bits(),
+                    "{m}x{k} by {k}x{n}: row {row} column {col}: {value} where {expected} was due"
+                );
+                let upstream = BlockQ8_0::vec_dot(k, column, &blocks);
+                assert!(
+                    (value - upstream).abs() <= 1e-4 * upstream.abs().max(1.0),
+                    "{m}x{k} by {k}x{n}: row {row} column {col}: {value}, upstream {upstream}"
+                );
+            }
         }
     }
 }
 
 #[test]
-fn q8_0_matmul_equals_upstream_dot_products_bit_for_bit() {
+fn q8_0_matmul_computes_the_reference_dot_products_bit_for_bit() {
     // 576 is the default model's hidden size (18 blocks); 37 columns leave a partial column
-    // tile; 70 rows go past one 64-row tile; 1 to 5 rows cover every register tile height.
-    check_q8_0(576, 37, &[1, 2, 3, 4, 5, 70], |m| {
-        values(m * 576, 11 + m as u64)
-    });
-    check_q8_0(1536, 64, &[1, 4, 9], |m| values(m * 1536, 11 + m as u64));
+    // tile; 1 to 5 rows cover every register tile height; from 8 rows a CPU with AMX takes the
+    // tile kernel (16, a partial group of 16, and 70 past one 64-row tile); 64 columns are four
+    // whole AMX strips, 37 two and a remainder.
+    for k in [576, 1536] {
+        for n in [37, 64] {
+            check_q8_0(k, n, &[1, 2, 3, 4, 5, 8, 16, 33, 70], |m| {
+                values(m * k, 11 + m as u64)
+            });
+        }
+    }
 }
 
 #[test]

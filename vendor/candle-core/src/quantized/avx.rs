@@ -675,21 +675,43 @@ const DOT_AVX_VNNI: u8 = 1;
 /// One `vpdpbusd` (AVX512-VNNI on 256-bit registers, EVEX encoded).
 const DOT_AVX512_VNNI: u8 = 2;
 
+/// The 8 lanes of 4-byte-product sums of two blocks' bytes: `ax` the weight bytes' magnitudes,
+/// `sy` the activation bytes carrying the weight bytes' signs. The two-instruction AVX2 form
+/// saturates its 16-bit pair sums only for a pair of -128 weights with -128 activations, and Q8_0
+/// quantization yields values in -127..=127, so all three forms give the same integers.
+#[inline(always)]
+unsafe fn dot_i32<const DOT: u8>(ax: __m256i, sy: __m256i) -> __m256i {
+    match DOT {
+        DOT_AVX_VNNI => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sy),
+        DOT_AVX512_VNNI => _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy),
+        _ => _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1)),
+    }
+}
+
+/// The totals of four vectors of 8 integer lanes: lane `i` of the 128-bit result is `v[i]`'s.
+#[inline(always)]
+unsafe fn sum_lanes_4(v: [__m256i; 4]) -> __m128i {
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))
+}
+
 /// Dot products of `C` Q8_0 weight columns with `R` Q8_0 activation rows, computed together: each
 /// block loaded from memory is reused from registers for `R` (or `C`) products instead of one.
-/// Every product is computed exactly as [`vec_dot_q8_0_q8_0`] computes it (same integer sums per
-/// lane, same scale, same fused multiply-add order, same final horizontal sum), so the results
-/// are bit for bit identical. `out[c][r]` is the dot product of column `c` with row `r`.
+/// `out[c][r]` is the dot product of column `c` with row `r`.
 ///
-/// With `DOT` set to one of the VNNI variants, each lane's four byte products are summed by one
-/// instruction instead of two. The sums are the same: the two-instruction form saturates its
-/// 16-bit pair sums only for a pair of -128 weights with -128 activations, and Q8_0 quantization
-/// yields values in -127..=127.
+/// llm-stream: for each block in order, the exact integer sum of its 32 byte products, converted to
+/// a float, times the product of the two blocks' scales, is added to the float sum in one fused
+/// multiply-add (`crates/llm-engine/tests/kernels.rs` holds this as a scalar reference). The AMX kernel
+/// ([`matmul_q8_0_amx`]) computes the same floats, so that a prompt row, a decoding row and a
+/// batch of either all get the same result for the same values. (Upstream keeps 8 float lanes of
+/// 4-product sums per pair and adds them up at the end; exact block sums are as accurate or more,
+/// and cost fewer instructions: one conversion and one multiply-add per 16 pairs, not per pair.)
 ///
 /// # Safety
 /// `xs` must point at `C` columns of `nb` blocks each, `xstride` blocks apart; `ys` at `R` rows of
-/// `nb` blocks each, `ystride` blocks apart. The CPU must have the features `DOT` uses, and the
-/// caller must enable them (`#[target_feature]`) for this to compile to them.
+/// `nb` blocks each, `ystride` blocks apart. `C` and `R` are 1 to 4. The CPU must have the
+/// features `DOT` uses, and the caller must enable them (`#[target_feature]`) for this to compile
+/// to them.
 #[inline(always)]
 pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize, const DOT: u8>(
     nb: usize,
@@ -698,7 +720,11 @@ pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize, const DOT: u8>(
     ys: *const BlockQ8_0,
     ystride: usize,
 ) -> [[f32; R]; C] {
-    let mut acc = [[_mm256_setzero_ps(); R]; C];
+    // Accumulators of the (column, row) pairs: with one row, the four columns' in one 128-bit
+    // register; with more, columns 0 and 1 (4 rows each) in one 256-bit register, 2 and 3 in
+    // the other.
+    let mut acc_row = _mm_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 2];
     for b in 0..nb {
         // The same block of the next tile's columns, fetched while this tile computes: weights
         // stream from memory once per token, and without this the loads waited on memory and the
@@ -707,44 +733,276 @@ pub(crate) unsafe fn q8_0_tile<const C: usize, const R: usize, const DOT: u8>(
         for c in 0..C {
             _mm_prefetch::<_MM_HINT_T0>(xs.wrapping_add((c + C) * xstride + b) as *const i8);
         }
-        let mut dy = [0f32; R];
+        // The scales, four `f16`s packed into one register and converted together (filling an
+        // array of floats and loading it as a vector stalled on store forwarding every block).
+        let mut dy_bits = 0u64;
         let mut by = [_mm256_setzero_si256(); R];
         for r in 0..R {
             let y = &*ys.add(r * ystride + b);
-            dy[r] = f16::to_f32(y.d);
+            dy_bits |= u64::from(y.d.to_bits()) << (16 * r);
             by[r] = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         }
-        for (c, acc) in acc.iter_mut().enumerate() {
+        let mut dx_bits = 0u64;
+        let mut sums = [[_mm256_setzero_si256(); 4]; 4];
+        for c in 0..C {
             let x = &*xs.add(c * xstride + b);
-            let dx = f16::to_f32(x.d);
+            dx_bits |= u64::from(x.d.to_bits()) << (16 * c);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
             let ax = _mm256_sign_epi8(bx, bx);
             for r in 0..R {
-                let sy = _mm256_sign_epi8(by[r], bx);
-                let q = match DOT {
-                    DOT_AVX_VNNI => _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(
-                        _mm256_setzero_si256(),
-                        ax,
-                        sy,
-                    )),
-                    DOT_AVX512_VNNI => _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(
-                        _mm256_setzero_si256(),
-                        ax,
-                        sy,
-                    )),
-                    _ => mul_sum_us8_pairs_float(ax, sy),
-                };
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy[r]), q, acc[r]);
+                sums[c][r] = dot_i32::<DOT>(ax, _mm256_sign_epi8(by[r], bx));
+            }
+        }
+        let dx = _mm_cvtph_ps(_mm_cvtsi64_si128(dx_bits as i64));
+        let dy = _mm_cvtph_ps(_mm_cvtsi64_si128(dy_bits as i64));
+        if R == 1 {
+            let totals = sum_lanes_4([sums[0][0], sums[1][0], sums[2][0], sums[3][0]]);
+            let scale = _mm_mul_ps(dx, _mm_broadcastss_ps(dy));
+            acc_row = _mm_fmadd_ps(scale, _mm_cvtepi32_ps(totals), acc_row);
+        } else {
+            let dyv = _mm256_set_m128(dy, dy);
+            for half in 0..C.div_ceil(2) {
+                let (c0, c1) = (2 * half, 2 * half + 1);
+                let totals = _mm256_set_m128i(sum_lanes_4(sums[c1]), sum_lanes_4(sums[c0]));
+                let pick = _mm256_setr_epi32(
+                    c0 as i32, c0 as i32, c0 as i32, c0 as i32, c1 as i32, c1 as i32, c1 as i32,
+                    c1 as i32,
+                );
+                let dxv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx), pick);
+                let scale = _mm256_mul_ps(dxv, dyv);
+                acc[half] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(totals), acc[half]);
             }
         }
     }
     let mut out = [[0f32; R]; C];
-    for c in 0..C {
-        for r in 0..R {
-            out[c][r] = hsum_float_8(acc[c][r]);
+    if R == 1 {
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), acc_row);
+        for c in 0..C {
+            out[c][0] = lanes[c];
+        }
+    } else {
+        let mut lanes = [0f32; 16];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+        for c in 0..C {
+            out[c].copy_from_slice(&lanes[c * 4..c * 4 + R]);
         }
     }
     out
+}
+
+/// llm-stream: whether this CPU and kernel run AMX int8 tile instructions: the CPU reports
+/// AMX-TILE and AMX-INT8 (CPUID leaf 7), and Linux grants this process the tile data state
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, which also fails where the kernel or
+/// a hypervisor does not support it). `LLM_STREAM_AMX=0` turns the AMX kernel off.
+pub(crate) fn amx_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var("LLM_STREAM_AMX").is_ok_and(|value| value == "0") {
+            return false;
+        }
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        // CPUID leaf 7 exists on every CPU with AVX-512.
+        let leaf7 = __cpuid_count(7, 0);
+        let (amx_tile, amx_int8) = (leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 25) != 0);
+        if !(amx_tile && amx_int8) {
+            return false;
+        }
+        request_tile_data()
+    })
+}
+
+/// Asks Linux for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`); true when granted.
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const SYS_ARCH_PRCTL: isize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let result: isize;
+    // SAFETY: the arch_prctl system call only reads its two integer arguments.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => result,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    result == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// Rows (activation rows or weight columns) per AMX tile.
+const AMX_ROWS: usize = 16;
+
+/// A pointer to the output that parallel jobs write disjoint columns of.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every job writes its own columns of the output and nothing reads it meanwhile.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// llm-stream: the Q8_0 matmul of many activation rows (a prompt) on AMX tiles: `dst` (`m` rows
+/// of `n`) from `lhs` (`m` rows of `nb` blocks) and `rhs_t` (`n` weight columns of `nb` blocks).
+///
+/// For each block, one `tdpbssd` multiplies 16 weight columns by 16 activation rows (8,192 byte
+/// products, summed exactly as integers, a block's 32 products per pair), and AVX-512 adds each
+/// pair's integer sum, times the product of the scales, to its float sum with one fused
+/// multiply-add: the same floats as [`q8_0_tile`] computes. The weight columns are read straight
+/// from their blocks (a tile load takes 32 bytes from each of 16 rows, any stride apart); the
+/// activations are first rearranged into the tiles' byte layout, 16 rows at a time.
+///
+/// # Safety
+/// The CPU must have AMX-INT8 and AVX-512 and [`amx_available`] must have returned true.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(crate) unsafe fn matmul_q8_0_amx(
+    (m, n): (usize, usize),
+    nb: usize,
+    lhs: &[BlockQ8_0],
+    rhs_t: &[BlockQ8_0],
+    dst: &mut [f32],
+) {
+    use rayon::prelude::*;
+    assert!(lhs.len() >= m * nb && rhs_t.len() >= n * nb && dst.len() >= m * n);
+    let groups = m.div_ceil(AMX_ROWS);
+    // Tile B of group g, block b: 8 rows of 64 bytes, row kk holding bytes 4kk..4kk+4 of each of
+    // the 16 activation rows' block b; and the 16 rows' scales. Missing rows are zero.
+    let tile_bytes = 8 * 64;
+    let mut packed = vec![0u8; groups * nb * tile_bytes];
+    let mut scales = vec![0f32; groups * nb * AMX_ROWS];
+    packed
+        .par_chunks_mut(nb * tile_bytes)
+        .zip(scales.par_chunks_mut(nb * AMX_ROWS))
+        .enumerate()
+        .for_each(|(g, (packed, scales))| {
+            for row in 0..AMX_ROWS.min(m - g * AMX_ROWS) {
+                let blocks = &lhs[(g * AMX_ROWS + row) * nb..][..nb];
+                for (b, block) in blocks.iter().enumerate() {
+                    scales[b * AMX_ROWS + row] = f16::to_f32(block.d);
+                    for kk in 0..8 {
+                        let at = b * tile_bytes + kk * 64 + row * 4;
+                        for j in 0..4 {
+                            packed[at + j] = block.qs[kk * 4 + j] as u8;
+                        }
+                    }
+                }
+            }
+        });
+    let strips = n / AMX_ROWS;
+    let out = SharedOut(dst.as_mut_ptr());
+    (0..strips).into_par_iter().for_each_init(
+        || AmxTiles::configure(),
+        |_, strip| {
+            // SAFETY: the tiles are configured on this thread; the strip's columns and every
+            // group's tiles are in bounds; this job alone writes the strip's columns.
+            unsafe { amx_strip((m, n), nb, strip * AMX_ROWS, (&packed, &scales), rhs_t, out) }
+        },
+    );
+    // Columns past the last whole strip (no model here has any): the register-tile kernel.
+    for col in strips * AMX_ROWS..n {
+        for row in 0..m {
+            let t = q8_0_tile::<1, 1, DOT_AVX2>(
+                nb,
+                rhs_t.as_ptr().add(col * nb),
+                nb,
+                lhs.as_ptr().add(row * nb),
+                nb,
+            );
+            dst[row * n + col] = t[0][0];
+        }
+    }
+}
+
+/// The tile configuration of [`matmul_q8_0_amx`] on one thread: `tmm0` the 16 by 16 integer
+/// sums, `tmm1` 16 weight columns' 32 bytes, `tmm2` the activations' 8 rows of 64 bytes.
+struct AmxTiles;
+
+impl AmxTiles {
+    fn configure() -> Self {
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1; // palette 1
+        for (tile, (rows, bytes)) in [(16u8, 64u16), (16, 32), (8, 64)].into_iter().enumerate() {
+            config.0[16 + 2 * tile..18 + 2 * tile].copy_from_slice(&bytes.to_le_bytes());
+            config.0[48 + tile] = rows;
+        }
+        // SAFETY: AMX is available (the caller's contract) and the configuration is valid.
+        unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
+        AmxTiles
+    }
+}
+
+impl Drop for AmxTiles {
+    fn drop(&mut self) {
+        // SAFETY: releases this thread's tile state.
+        unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// One strip of 16 weight columns from `col0` against every group of 16 activation rows.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn amx_strip(
+    (m, n): (usize, usize),
+    nb: usize,
+    col0: usize,
+    (packed, scales): (&[u8], &[f32]),
+    rhs_t: &[BlockQ8_0],
+    out: SharedOut,
+) {
+    #[repr(C, align(64))]
+    struct Sums([i32; AMX_ROWS * AMX_ROWS]);
+    let mut sums = Sums([0; AMX_ROWS * AMX_ROWS]);
+    let columns = &rhs_t[col0 * nb..(col0 + AMX_ROWS) * nb];
+    let column_stride = nb * std::mem::size_of::<BlockQ8_0>();
+    for g in 0..m.div_ceil(AMX_ROWS) {
+        let mut acc = [_mm512_setzero_ps(); AMX_ROWS];
+        for b in 0..nb {
+            let a = columns[b].qs.as_ptr();
+            let tile_b = packed[(g * nb + b) * 512..][..512].as_ptr();
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tileloadd tmm1, [{a} + {a_stride}*1]",
+                "tileloadd tmm2, [{b} + {b_stride}*1]",
+                "tdpbssd tmm0, tmm1, tmm2",
+                "tilestored [{c} + {c_stride}*1], tmm0",
+                a = in(reg) a,
+                a_stride = in(reg) column_stride,
+                b = in(reg) tile_b,
+                b_stride = in(reg) 64usize,
+                c = in(reg) sums.0.as_mut_ptr(),
+                c_stride = in(reg) 64usize,
+                options(nostack),
+            );
+            let dy = _mm512_loadu_ps(scales[(g * nb + b) * AMX_ROWS..].as_ptr());
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let dx = f16::to_f32(columns[i * nb + b].d);
+                let total = _mm512_cvtepi32_ps(_mm512_load_si512(
+                    sums.0[i * AMX_ROWS..].as_ptr() as *const _
+                ));
+                *acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(dx), dy), total, *acc);
+            }
+        }
+        let rows = AMX_ROWS.min(m - g * AMX_ROWS);
+        for (i, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; AMX_ROWS];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), *acc);
+            for (r, value) in lanes.iter().take(rows).enumerate() {
+                *out.0.add((g * AMX_ROWS + r) * n + col0 + i) = *value;
+            }
+        }
+    }
 }
 
 /// llm-stream: quantizes one row of activations to Q8_0 blocks exactly as
@@ -885,8 +1143,7 @@ fn matmul_q8_0_with<const DOT: u8>(
                     _ => {
                         for ci in 0..c {
                             for ri in 0..r {
-                                let t =
-                                    q8_0_tile::<1, 1, DOT>(
+                                let t = q8_0_tile::<1, 1, DOT>(
                                     nb,
                                     xs.add(ci * nb),
                                     nb,
