@@ -1057,8 +1057,8 @@ pub(crate) const Q8_0_TILE_COLS: usize = 4;
 
 /// Multiplies `cols` Q8_0 weight columns (`rhs_t`, `nb` blocks each) with `rows` quantized
 /// activation rows (`lhs`, `nb` blocks each), writing `out[col * rows + row]` (column-major, as
-/// the caller gathers a tile). Register tiles of 4 columns by up to 4 rows; bit-identical to
-/// calling [`vec_dot_q8_0_q8_0`] for every pair.
+/// the caller gathers a tile). Register tiles of 4 columns by up to 4 rows ([`q8_0_tile`]), whose
+/// results are the floats [`matmul_q8_0_amx`] gives too.
 ///
 /// The byte dot products use VNNI when the CPU has it (detected at run time: the build's baseline,
 /// x86-64-v3, does not include it). In isolation, one core, weights in cache: 71 GFLOP/s with
