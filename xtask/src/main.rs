@@ -8,6 +8,9 @@
 //!   server on the default model, and the transport benchmark at 1,000 and 10,000 streams.
 //! - `reliability [SECONDS]`: the whole reliability suite: the fast tests, the slow checks of
 //!   `llm-bench reliability`, and every fuzz target for SECONDS (default 60) each.
+//! - `soak [MINUTES]`: the differential soak of the test suite (a seeded random schedule of
+//!   concurrent requests against the real model, every answer compared with the same request
+//!   alone) for MINUTES (default 30); `LLM_STREAM_SOAK_SEED` repeats a schedule.
 //! - `fuzz [SECONDS]`: runs every `cargo fuzz` target for a bounded time (needs a nightly
 //!   toolchain; installs `cargo-fuzz` if missing).
 
@@ -37,10 +40,11 @@ fn dispatch() -> Result<()> {
         Some("ci") => ci(),
         Some("fuzz") => fuzz(seconds(args.get(1))?),
         Some("bench") => bench(),
+        Some("soak") => soak(minutes(args.get(1))?),
         Some("reliability") => reliability(seconds(args.get(1))?),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench | reliability [FUZZ_SECONDS] | fuzz [SECONDS]"
+                "usage: cargo xtask ci | bench | soak [MINUTES] | reliability [FUZZ_SECONDS] | fuzz [SECONDS]"
             );
             std::process::exit(2);
         }
@@ -79,6 +83,34 @@ fn seconds(arg: Option<&String>) -> Result<u64> {
             .with_context(|| format!("`{text}` is not a number of seconds")),
         None => Ok(60),
     }
+}
+
+fn minutes(arg: Option<&String>) -> Result<u64> {
+    match arg {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("`{text}` is not a number of minutes")),
+        None => Ok(30),
+    }
+}
+
+/// The differential soak test alone, for `minutes`, its output shown as it runs.
+fn soak(minutes: u64) -> Result<()> {
+    let seconds = (minutes * 60).to_string();
+    cargo(
+        &[
+            "test",
+            // The whole workspace, as `ci` builds it: one package alone unifies dependency
+            // features differently and rebuilds mistral.rs.
+            "--workspace",
+            "--test",
+            "http",
+            "--",
+            "soak::",
+            "--nocapture",
+        ],
+        &[("LLM_STREAM_SOAK_SECS", &seconds)],
+    )
 }
 
 /// The reliability suite: fast tests, slow checks, then fuzzing.

@@ -56,6 +56,9 @@ pub use toml_selector::{get_toml_selected_model_device_map_params, get_toml_sele
 
 mod amoe;
 mod attention;
+/// llm-stream: the attention entry point and its parameters, public so that the serving crate
+/// tests the CPU kernel itself: every sequence of a batch must get the floats it gets alone.
+pub use attention::{Sdpa, SdpaParams};
 mod diagnostics;
 mod diffusion_models;
 pub mod distributed;

@@ -101,9 +101,29 @@ impl PrefixCacheManagerV2 {
         // PrefixCacheManagerV2 only handles non-paged attention caching.
         if !self.has_paged_attention {
             let cache = seq.normal_cache().to_vec();
+            // llm-stream: key the entry by the tokens its cache holds. A finished sequence's
+            // last token was sampled but never run through the model, so its cache is one
+            // position short of its tokens; keyed by all of them (as upstream did), a later
+            // prompt that goes on past them (the next turn of this chat) matched that last token
+            // too and used a cache position that was never written.
+            // (Rotating caches keep only a window, whose length says nothing of the tokens.)
+            let layers = || cache.iter().flatten().filter(|layer| !layer.is_shared());
+            let filled = if layers().any(KvCache::is_rotating) {
+                None
+            } else {
+                layers().map(KvCache::current_seq_len).min()
+            };
+            let toks = seq.get_toks();
+            let toks = match filled {
+                Some(filled) => &toks[..filled.min(toks.len())],
+                None => toks,
+            };
+            if toks.is_empty() {
+                return;
+            }
 
             self.caches.insert(
-                seq.get_toks().to_vec().into(),
+                toks.to_vec().into(),
                 CacheElement {
                     cache,
                     recurrent_snapshots,

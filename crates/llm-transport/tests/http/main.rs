@@ -1,5 +1,6 @@
 //! Wire tests: raw HTTP/1.1 bytes over a real socket. Where the format matters (SSE framing,
 //! headers), exact bytes are asserted. `real` runs the real default model end to end;
+//! `soak` compares batched answers with solo ones over a seeded random schedule;
 //! `scripted`, `resume` and `websocket` drive the transport with a scripted engine whose tokens
 //! and faults are exactly timed.
 
@@ -7,6 +8,7 @@ mod real;
 mod reliability;
 mod resume;
 mod scripted;
+mod soak;
 mod websocket;
 
 use std::net::SocketAddr;

@@ -265,18 +265,34 @@ impl NormalCache {
 pub struct NormalCacheManager;
 
 /// llm-stream: the filled positions of one layer's K and V caches of every sequence, stacked
-/// along the batch dimension, and the sequence dimension; `None` unless every sequence has a
-/// normal (not rotating) cache of the template's shape, filled to the same length.
+/// along the batch dimension, with the sequence dimension and the largest capacity among them;
+/// `None` unless every sequence has a normal (not rotating) cache whose other dimensions match
+/// the template's.
+///
+/// # Panics
+/// If the sequences' caches are filled to different lengths. The batch shares one cache length
+/// (the scheduler batches only sequences of equal length), and a sequence batched at another
+/// length would attend to the wrong positions: a bug to surface, never to compute through.
 fn filled_parts(
     seqs: &mut [&mut crate::sequence::Sequence],
     layer: usize,
     modify_draft_cache: bool,
     dims_k: &[usize],
     dims_v: &[usize],
-) -> Option<(Tensor, Tensor, usize)> {
+) -> Option<(Tensor, Tensor, usize, usize)> {
     let mut parts_k = Vec::with_capacity(seqs.len());
     let mut parts_v = Vec::with_capacity(seqs.len());
-    let mut filled = None;
+    let mut filled: Option<(usize, usize)> = None;
+    let mut capacity = 0;
+    // Every dimension but the sequence one must match the template's.
+    let same_but = |dims: &[usize], template: &[usize], dim: usize| {
+        dims.len() == template.len()
+            && dims
+                .iter()
+                .zip(template)
+                .enumerate()
+                .all(|(i, (a, b))| i == dim || a == b)
+    };
     for seq in seqs.iter_mut() {
         let cache = if modify_draft_cache {
             seq.normal_draft_cache()
@@ -291,12 +307,19 @@ fn filled_parts(
         if len == 0
             || v.current_seq_len != len
             || k.dim != v.dim
-            || all_k.dims() != dims_k
-            || all_v.dims() != dims_v
-            || *filled.get_or_insert((len, k.dim)) != (len, k.dim)
+            || !same_but(all_k.dims(), dims_k, k.dim)
+            || !same_but(all_v.dims(), dims_v, v.dim)
+            || all_k.dims()[k.dim] != all_v.dims()[v.dim]
         {
             return None;
         }
+        let (first_len, first_dim) = *filled.get_or_insert((len, k.dim));
+        assert!(
+            (first_len, first_dim) == (len, k.dim),
+            "llm-stream: sequences of different cache lengths ({first_len} and {len}) were \
+             batched into one forward pass"
+        );
+        capacity = capacity.max(all_k.dims()[k.dim]);
         parts_k.push(all_k.narrow(k.dim, 0, len).ok()?);
         parts_v.push(all_v.narrow(v.dim, 0, len).ok()?);
     }
@@ -305,7 +328,7 @@ fn filled_parts(
         1 => parts[0].contiguous(),
         _ => Tensor::cat(&parts, 0),
     };
-    Some((stack(parts_k).ok()?, stack(parts_v).ok()?, dim))
+    Some((stack(parts_k).ok()?, stack(parts_v).ok()?, dim, capacity))
 }
 
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
@@ -350,23 +373,35 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             // Build dims for batched cache
             let mut dims_k = first_k.dims().to_vec();
             let mut dims_v = first_v.dims().to_vec();
-            dims_k[0] *= batch_len;
-            dims_v[0] *= batch_len;
-            let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
-            let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
-            // llm-stream: copy only the filled part of each sequence's cache. Caches grow in
-            // blocks of 512 positions, and copying whole blocks cost a prefix-cache hit or a change
-            // of the batch about 24 MB of copying for the default model even when a few dozen
-            // positions were filled; the positions past the filled length are never read.
-            if let Some((used_k, used_v, dim)) =
+            // llm-stream: copy only the filled part of each sequence's cache, into a batch cache
+            // as large as the largest of them. Copying whole blocks cost a prefix-cache hit or a
+            // change of the batch megabytes of copying for the default model even when a few
+            // dozen positions were filled (the positions past the filled length are never read).
+            // And sequences of one length may have caches of different capacities (one that came
+            // from the prefix cache, or whose batch grew it): upstream sized the batch cache by
+            // the first sequence's and panicked on a larger one ("shape mismatch on dim 2"),
+            // which with caches growing by 128 positions happened under ordinary load.
+            if let Some((used_k, used_v, dim, capacity)) =
                 filled_parts(seqs, layer, modify_draft_cache, first_k.dims(), first_v.dims())
             {
+                dims_k[0] *= batch_len;
+                dims_v[0] *= batch_len;
+                dims_k[dim] = capacity;
+                dims_v[dim] = capacity;
+                let batch_k =
+                    Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
+                let batch_v =
+                    Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
                 batch_k.slice_set(&used_k, dim, 0).unwrap();
                 batch_v.slice_set(&used_v, dim, 0).unwrap();
                 new_k_cache.push(Some(batch_k));
                 new_v_cache.push(Some(batch_v));
                 continue;
             }
+            dims_k[0] *= batch_len;
+            dims_v[0] *= batch_len;
+            let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
+            let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
             // Fill each sequence's cache slice
             for (i, seq) in seqs.iter_mut().enumerate() {
                 let src_cache = if modify_draft_cache {
@@ -415,7 +450,11 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    // llm-stream: the batch cache's capacity is what was allocated for it (the
+                    // largest of the sequences'), not the first sequence's.
+                    let template_cache_capsl = k_cache
+                        .as_ref()
+                        .map_or(old_k.capacity_seq_len, |k| k.dims()[template_cache_dim]);
 
                     caches.push(KvCache::Normal {
                         k: SingleCache {

@@ -581,10 +581,16 @@ where
 
     // final output
     let mut out = vec![T::cast(0.0); b * h * dv];
-    // scratch: one tile  ×  heads ×  dv  (flattened)
-    let mut scratch = vec![0f32; kv_tiles * h * dv];
-    let mut scratch_s = vec![0f32; kv_tiles * h]; // softmax S per tile
-    let mut scratch_m = vec![f32::NEG_INFINITY; kv_tiles * h];
+    // llm-stream: scratch for every (sequence, tile, head), not only every (tile, head).
+    // Upstream sized and indexed it by tile and head alone, so in a batch of several sequences
+    // each sequence's partial results overwrote the previous one's, and every sequence of the
+    // batch got the attention output of the last: batched decoding answered each request with
+    // a mix of its own text and its neighbours' (the last sequence's context leaked into all).
+    let slots = b * kv_tiles * h;
+    let mut scratch = vec![0f32; slots * dv];
+    let mut scratch_s = vec![0f32; slots]; // softmax S per tile
+    let mut scratch_m = vec![f32::NEG_INFINITY; slots];
+    let slot = |b_i: usize, tile_idx: usize, h_i: usize| (b_i * kv_tiles + tile_idx) * h + h_i;
 
     // Store as plain usize so the capture is Sync (raw *mut T is not Sync)
     let scratch_ptr = scratch.as_mut_ptr() as usize;
@@ -597,83 +603,78 @@ where
     };
 
     FLASH_ATTN_POOL.install(|| {
-        (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
+        // llm-stream: one parallel item per (sequence, tile); each writes only its own slots.
+        (0..b * kv_tiles).into_par_iter().for_each(|item| {
+            let (b_i, tile_idx) = (item / kv_tiles, item % kv_tiles);
             let start = tile_idx * TILE_KV;
             let end = (start + TILE_KV).min(kv_len);
 
-            for b_i in 0..b {
-                for h_i in 0..h {
-                    // Per‑head slope for ALiBi / NTK bias.
-                    let slope = if max_bias > 0.0 {
-                        2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-                    } else {
-                        1.0
-                    };
-                    let k_head = h_i / rk2;
-                    let v_head = h_i / rv2;
-                    let rows = HeadRows::new(
-                        (k_data, v_data),
-                        (kstride, vstride),
-                        b_i,
-                        (k_head, v_head),
-                        d,
-                    );
+            for h_i in 0..h {
+                // Per‑head slope for ALiBi / NTK bias.
+                let slope = if max_bias > 0.0 {
+                    2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+                } else {
+                    1.0
+                };
+                let k_head = h_i / rk2;
+                let v_head = h_i / rv2;
+                let rows = HeadRows::new(
+                    (k_data, v_data),
+                    (kstride, vstride),
+                    b_i,
+                    (k_head, v_head),
+                    d,
+                );
 
-                    // pointers into scratch
-                    let base_vk = ((tile_idx * h + h_i) * dv) as isize;
-                    let base_s = (tile_idx * h + h_i) as isize;
+                // pointers into scratch
+                let base_s = slot(b_i, tile_idx, h_i);
+                let base_vk = base_s * dv;
 
-                    let q_base = b_i * qstride[0] + h_i * qstride[2];
-                    let q_row = &q_data[q_base..q_base + d];
+                let q_base = b_i * qstride[0] + h_i * qstride[2];
+                let q_row = &q_data[q_base..q_base + d];
 
-                    // Re‑materialise the pointer from the captured usize.
-                    let vkq: &mut [f32] = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (scratch_ptr as *mut f32).add(base_vk as usize),
-                            dv,
-                        )
-                    };
-                    let (s, m) = attend_tile(
-                        q_row,
-                        (scale, logit_softcap),
-                        &rows,
-                        (start, end - start),
-                        |pos| {
-                            mask_info
-                                .as_ref()
-                                .map(|mask| slope * mask.value(b_i, h_i, 0, pos))
-                                .unwrap_or(0.0)
-                        },
-                        &mut vkq[..dv],
-                    );
+                // Re‑materialise the pointer from the captured usize.
+                let vkq: &mut [f32] = unsafe {
+                    std::slice::from_raw_parts_mut((scratch_ptr as *mut f32).add(base_vk), dv)
+                };
+                let (s, m) = attend_tile(
+                    q_row,
+                    (scale, logit_softcap),
+                    &rows,
+                    (start, end - start),
+                    |pos| {
+                        mask_info
+                            .as_ref()
+                            .map(|mask| slope * mask.value(b_i, h_i, 0, pos))
+                            .unwrap_or(0.0)
+                    },
+                    &mut vkq[..dv],
+                );
 
-                    unsafe {
-                        *((scratch_s_ptr as *mut f32).add(base_s as usize)) = s;
-                        *((scratch_m_ptr as *mut f32).add(base_s as usize)) = m;
-                    }
+                unsafe {
+                    *((scratch_s_ptr as *mut f32).add(base_s)) = s;
+                    *((scratch_m_ptr as *mut f32).add(base_s)) = m;
                 }
             }
         });
     });
 
-    // -------- serial reduction over tiles (per head) --------
+    // -------- serial reduction over tiles (per sequence and head) --------
     for b_i in 0..b {
         for h_i in 0..h {
             let out_off = (b_i * h + h_i) * dv;
 
             // start with tile 0
-            let mut vkq = vec![0f32; dv];
-            vkq.copy_from_slice(&scratch[(h_i * dv)..(h_i * dv + dv)]);
-            let mut s = scratch_s[h_i];
-            let mut m = scratch_m[h_i];
+            let first = slot(b_i, 0, h_i);
+            let mut vkq = scratch[first * dv..(first + 1) * dv].to_vec();
+            let mut s = scratch_s[first];
+            let mut m = scratch_m[first];
 
             for tile_idx in 1..kv_tiles {
-                let base = (tile_idx * h + h_i) * dv;
-                let base_s = tile_idx * h + h_i;
-
+                let base_s = slot(b_i, tile_idx, h_i);
                 let m_b = scratch_m[base_s];
                 let s_b = scratch_s[base_s];
-                let vkq_b = &scratch[base..base + dv];
+                let vkq_b = &scratch[base_s * dv..(base_s + 1) * dv];
                 softmax_merge((&mut vkq, &mut s, &mut m), vkq_b, s_b, m_b);
             }
 

@@ -1,0 +1,207 @@
+//! Batch invariance against the real default model: at temperature 0 a request's answer is the
+//! same bytes whether it runs alone or batched with others, whatever its neighbours are (other
+//! prompts and lengths, prefix-cache hits, other `max_tokens`, cancelled mid-stream), and an
+//! engine failure fails every request it touches instead of ending them as if they succeeded.
+
+use std::time::Duration;
+
+use llm_engine::{Completion, Engine, EngineEvent, Error};
+use llm_protocol::ChatCompletionRequest;
+
+mod common;
+
+use common::ask;
+
+/// The eight requests of the report that found batched sequences mixing.
+const PROMPTS: [(&str, u32); 8] = [
+    ("Name three colours.", 64),
+    ("Explain why the sky is blue in two sentences.", 56),
+    ("Write a haiku about autumn leaves.", 48),
+    ("What is the capital of Japan? Answer briefly.", 48),
+    ("List four animals that live in the ocean.", 64),
+    (
+        "Describe a cup of coffee to someone who has never seen one.",
+        64,
+    ),
+    ("Give me a short tip for learning to play the guitar.", 56),
+    ("한국의 4계절을 설명해줘", 64),
+];
+
+async fn engine() -> Engine {
+    Engine::builder()
+        .build()
+        .await
+        .expect("the default model loads")
+}
+
+async fn alone(engine: &Engine, request: &ChatCompletionRequest) -> Completion {
+    engine
+        .submit(request)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("answers alone")
+}
+
+/// Submits every request, the i-th after `i * stagger`, and collects all answers.
+async fn together(
+    engine: &Engine,
+    requests: &[ChatCompletionRequest],
+    stagger: Duration,
+) -> Vec<Result<Completion, Error>> {
+    let mut running = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        if i > 0 && !stagger.is_zero() {
+            tokio::time::sleep(stagger).await;
+        }
+        running.push(tokio::spawn(
+            engine.submit(request).expect("accepted").collect(),
+        ));
+    }
+    let mut answers = Vec::new();
+    for task in running {
+        answers.push(task.await.expect("the task ends"));
+    }
+    answers
+}
+
+/// Asserts that every batched answer is the solo answer, byte for byte, with its finish.
+fn assert_same(label: &str, solo: &[Completion], batched: &[Result<Completion, Error>]) {
+    let mut differing = Vec::new();
+    for (i, (solo, batched)) in solo.iter().zip(batched).enumerate() {
+        match batched {
+            Ok(batched)
+                if batched.text == solo.text
+                    && batched.finish.reason == solo.finish.reason
+                    && batched.finish.usage == solo.finish.usage => {}
+            Ok(batched) => differing.push(format!(
+                "request {i}: alone {:?} ({:?}), batched {:?} ({:?})",
+                solo.text, solo.finish.reason, batched.text, batched.finish.reason
+            )),
+            Err(error) => differing.push(format!("request {i}: batched failed: {error}")),
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "{label}: {} of {} answers differ from the same request alone:\n{}",
+        differing.len(),
+        solo.len(),
+        differing.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_requests_answer_as_alone_sent_at_once_and_staggered() {
+    let engine = engine().await;
+    let requests: Vec<_> = PROMPTS
+        .iter()
+        .map(|&(prompt, max_tokens)| ask(prompt, max_tokens))
+        .collect();
+    let mut solo = Vec::new();
+    for request in &requests {
+        solo.push(alone(&engine, request).await);
+    }
+    let at_once = together(&engine, &requests, Duration::ZERO).await;
+    assert_same("sent at once", &solo, &at_once);
+    let staggered = together(&engine, &requests, Duration::from_millis(120)).await;
+    assert_same("staggered by 120 ms", &solo, &staggered);
+}
+
+/// A prompt of about `words` words, different for each `seed`.
+fn long_prompt(seed: usize, words: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "river", "stone", "lantern", "harbour", "meadow", "copper", "window", "falcon", "garden",
+        "engine", "winter", "violin", "pepper", "canyon", "ribbon", "marble",
+    ];
+    let text: Vec<&str> = (0..words)
+        .map(|i| WORDS[(i * 7 + seed * 3 + i / 5) % WORDS.len()])
+        .collect();
+    format!(
+        "Here is a list of words: {}. Which word comes first in the list?",
+        text.join(" ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_short_prompts_batched_across_cache_growth_answer_as_alone() {
+    let engine = engine().await;
+    // Prompts on both sides of every 128-position growth of the KV cache up to past 512, answers
+    // that grow a cache past a boundary while batched with one that has not, and exact repeats
+    // and shared prefixes that come from the prefix cache with a larger cache than their length.
+    let mut requests = vec![
+        ask("Name three colours.", 150),
+        ask(&long_prompt(1, 90), 40),
+        ask(&long_prompt(2, 200), 40),
+        ask("What is the capital of Japan? Answer briefly.", 24),
+        ask(&long_prompt(3, 420), 32),
+        ask("Write a haiku about autumn leaves.", 140),
+    ];
+    let mut solo = Vec::new();
+    for request in &requests {
+        solo.push(alone(&engine, request).await);
+    }
+    // The same requests again (prefix-cache hits), and one that shares a long prompt's prefix.
+    requests.push(ask(
+        &format!("{} Answer in one word.", long_prompt(2, 200)),
+        16,
+    ));
+    solo.push(alone(&engine, &requests[6]).await);
+    for round in 0..2 {
+        let batched = together(&engine, &requests, Duration::from_millis(40 * round)).await;
+        assert_same(&format!("round {round}"), &solo, &batched);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbours_cancelled_mid_stream_do_not_change_an_answer() {
+    let engine = engine().await;
+    let request = ask(
+        "Describe a cup of coffee to someone who has never seen one.",
+        96,
+    );
+    let solo = alone(&engine, &request).await;
+    let kept = tokio::spawn(engine.submit(&request).expect("accepted").collect());
+    for (i, &(prompt, _)) in PROMPTS.iter().enumerate().take(4) {
+        let mut stream = engine.submit(&ask(prompt, 200)).expect("accepted");
+        // Each neighbour reads a few deltas (a different number each), then goes away.
+        for _ in 0..(3 + 4 * i) {
+            if !matches!(stream.next().await, Some(EngineEvent::Delta(_))) {
+                break;
+            }
+        }
+        drop(stream);
+    }
+    let kept = kept.await.expect("the task ends").expect("answers");
+    assert_eq!(kept.text, solo.text);
+    assert_eq!(kept.finish.reason, solo.finish.reason);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_turn_of_a_chat_answers_as_without_a_prefix_cache() {
+    use llm_protocol::{ChatMessage, Role};
+    let cached = engine().await;
+    let uncached = Engine::builder()
+        .prefix_cache_entries(0)
+        .build()
+        .await
+        .expect("the default model loads");
+    for (first, max_tokens) in [
+        ("Give me a short tip for learning to play the guitar.", 8),
+        ("Name three colours.", 20),
+    ] {
+        let opening = ask(first, max_tokens);
+        let reply = alone(&cached, &opening).await;
+        // The next turn: the earlier prompt and answer are all in the prefix cache, up to the
+        // answer's last token, which the model sampled but never computed.
+        let mut next = opening.clone();
+        next.messages
+            .push(ChatMessage::new(Role::Assistant, reply.text.as_str()));
+        next.messages
+            .push(ChatMessage::new(Role::User, "Why do cats purr?"));
+        next.max_tokens = Some(96);
+        let from_cache = alone(&cached, &next).await;
+        let from_scratch = alone(&uncached, &next).await;
+        assert_eq!(from_cache.text, from_scratch.text, "after {first:?}");
+        assert_eq!(from_cache.finish.reason, from_scratch.finish.reason);
+    }
+}
