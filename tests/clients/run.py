@@ -749,7 +749,7 @@ def test_missing_key(ctx: Context) -> str:
 
 def test_health_open(ctx: Context) -> str:
     status, _, data = http_request(HOST, ctx.port, "GET", "/health")
-    expect(status == 200 and json.loads(data) == {"status": "ok"}, f"HTTP {status}: {shorten(data)}")
+    expect(status == 200 and json.loads(data) == {"status": "ok", "engine_restarts": 0}, f"HTTP {status}: {shorten(data)}")
     return "200 without a key"
 
 

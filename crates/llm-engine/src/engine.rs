@@ -298,6 +298,29 @@ struct Inner {
     on_finish: Option<TimingsHook>,
 }
 
+impl Inner {
+    /// Called by a request that found mistral.rs's engine thread gone. mistral.rs starts a dead
+    /// engine again only when a request next asks it for a sender; this does it as soon as the
+    /// thread has ended, so that the next request finds an engine and the restart shows in the
+    /// stats at once. The task ends within two seconds whatever happens.
+    fn engine_failed(&self) {
+        tracing::error!("the mistral.rs engine thread died; the requests it held failed");
+        let mistral = Arc::clone(&self.mistral);
+        self.runtime.spawn(async move {
+            for _ in 0..200 {
+                match mistral.restart_if_dead() {
+                    Ok(true) => return,
+                    Ok(false) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    Err(error) => {
+                        tracing::error!(%error, "could not restart the mistral.rs engine");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 impl Engine {
     /// A builder with the defaults: the default model, 8 running, 64 waiting.
     pub fn builder() -> EngineBuilder {
@@ -309,9 +332,53 @@ impl Engine {
         &self.inner.info
     }
 
-    /// Current counters.
+    /// Current counters. Also starts mistral.rs's engine thread again if it has died with no
+    /// request running to notice (health checks and metrics scrapes call this), so that the
+    /// restart shows at once rather than at the next request.
     pub fn stats(&self) -> EngineStats {
-        self.inner.counters.snapshot()
+        if let Err(error) = self.inner.mistral.restart_if_dead() {
+            tracing::error!(%error, "could not restart the mistral.rs engine");
+        }
+        EngineStats {
+            engine_restarts: self.inner.mistral.engine_restarts(),
+            ..self.inner.counters.snapshot()
+        }
+    }
+
+    /// Makes mistral.rs's engine thread panic, as a bug in it would, for tests of what clients
+    /// see when the engine fails: it answers a tokenization request whose reply channel is
+    /// already closed, which mistral.rs 0.8.1 treats as impossible.
+    ///
+    /// # Errors
+    /// [`Error::Generation`] if the engine cannot be reached.
+    #[cfg(feature = "fault-injection")]
+    pub async fn crash_model_engine(&self) -> Result<()> {
+        let (response, receiver) = mpsc::channel(1);
+        drop(receiver);
+        let message = IndexMap::from([
+            ("role".to_owned(), Either::Left("user".to_owned())),
+            ("content".to_owned(), Either::Left("crash".to_owned())),
+        ]);
+        let stopped = |_| Error::Generation {
+            source: "the mistral.rs engine has stopped".into(),
+        };
+        self.inner
+            .mistral
+            .get_sender(None)
+            .map_err(|error| Error::Generation {
+                source: error.into(),
+            })?
+            .send(Request::Tokenize(TokenizationRequest {
+                text: Either::Left(vec![message]),
+                tools: None,
+                add_generation_prompt: true,
+                add_special_tokens: true,
+                enable_thinking: None,
+                reasoning_effort: None,
+                response,
+            }))
+            .await
+            .map_err(stopped)
     }
 
     /// Stops admitting requests: [`submit`](Self::submit) fails with
@@ -572,18 +639,14 @@ impl RequestTask {
                     return Outcome::Failed(Error::Generation { source })
                 }
                 Some(_) => continue,
-                // mistral.rs sends no final chunk when the last token ends inside a UTF-8
-                // character; the sequence is over all the same.
+                // Every sequence that ends sends a final chunk with its finish reason (the
+                // vendored mistral.rs does so even when the last token leaves a character
+                // unfinished). A channel that closes without one was dropped by an engine
+                // thread that died (a panic): the answer is cut, and must not pass for complete.
                 None => {
-                    let text = stops.flush();
-                    if let Err(outcome) = self.emit(text, &mut timings) {
-                        return outcome;
-                    }
-                    timings.total = self.submitted.elapsed();
-                    return Outcome::Finished(Finish {
-                        reason: FinishReason::Stop,
-                        usage: usage_of(tokens),
-                        timings,
+                    self.inner.engine_failed();
+                    return Outcome::Failed(Error::EngineFailed {
+                        generated: tokens as usize,
                     });
                 }
             };
@@ -597,6 +660,13 @@ impl RequestTask {
                 Filtered::Pass(text) => (text, false),
                 Filtered::Stop(text) => (text, true),
             };
+            if !stopped && choice.finish_reason.as_deref() == Some("canceled") {
+                // This request's receiver is alive, so mistral.rs stopped it on its own (its
+                // "terminate all sequences"): a cut answer, not a finished one.
+                return Outcome::Failed(Error::Generation {
+                    source: "mistral.rs cancelled the sequence".into(),
+                });
+            }
             let finish_reason = if stopped {
                 Some(FinishReason::Stop)
             } else {

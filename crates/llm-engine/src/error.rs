@@ -111,6 +111,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// mistral.rs's engine thread died (a panic) while this request was running: the answer is
+    /// cut short. The engine is started again; the request may be retried.
+    #[error(
+        "the model engine failed after {generated} tokens of this answer, which is incomplete; \
+         retry the request"
+    )]
+    EngineFailed {
+        /// Tokens generated before the failure.
+        generated: usize,
+    },
     /// A request ran past a deadline set by the caller.
     #[error("the request did not finish within {0:?}")]
     Timeout(Duration),

@@ -25,6 +25,9 @@ pub struct EngineStats {
     pub failed: u64,
     /// Requests refused because the queue was full.
     pub rejected: u64,
+    /// Times mistral.rs's engine thread died (a panic, failing every request it held) and was
+    /// started again.
+    pub engine_restarts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +55,8 @@ impl Counters {
             cancelled: self.cancelled.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            // Counted by mistral.rs; `Engine::stats` fills it in.
+            engine_restarts: 0,
         }
     }
 

@@ -145,6 +145,47 @@ async fn korean_deltas_are_whole_characters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_inside_a_character_still_ends_with_length_and_every_token_counted() {
+    let engine = engine(Engine::builder()).await;
+    // A Hangul answer cut after each of its first tokens: some cuts fall inside a character,
+    // whose bytes span two tokens, leaving no text to send with the last token. The answer still
+    // ends with `length` and counts every token, where it once ended without a final chunk
+    // (taken for `stop`, one token short).
+    let mut inside = 0;
+    for prompt in [
+        "Say hello in Korean.",
+        "Translate to Korean: Good morning",
+        "Write the Korean word for thank you.",
+    ] {
+        let mut texts = vec![String::new()];
+        for max_tokens in 1..=16 {
+            let (deltas, finish) =
+                drain(engine.submit(&ask(prompt, max_tokens)).expect("accepted")).await;
+            let finish = finish.expect("finishes");
+            assert_eq!(
+                finish.reason,
+                FinishReason::Length,
+                "max_tokens {max_tokens}"
+            );
+            assert_eq!(
+                finish.usage.completion_tokens, max_tokens,
+                "max_tokens {max_tokens}"
+            );
+            assert!(deltas.iter().all(|delta| !delta.contains('\u{FFFD}')));
+            texts.push(deltas.concat());
+        }
+        for (n, pair) in texts.windows(2).enumerate() {
+            assert!(pair[1].starts_with(&pair[0]), "{} tokens: {texts:?}", n + 1);
+        }
+        inside += texts.windows(2).filter(|pair| pair[0] == pair[1]).count();
+    }
+    assert!(
+        inside > 0,
+        "no cut fell inside a character, so the case is not tested"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tokens_ends_with_length() {
     let engine = engine(Engine::builder()).await;
     let request = ask("Count from one to one hundred in words.", 5);

@@ -148,6 +148,11 @@ impl Error {
                     "server_error",
                     Some("shutting_down"),
                 ),
+                E::EngineFailed { .. } => class(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    Some("engine_failed"),
+                ),
                 E::Timeout(_) => {
                     class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout"))
                 }

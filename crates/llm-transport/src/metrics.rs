@@ -36,6 +36,7 @@ pub(crate) struct Metrics {
     generation_tokens: Counter,
     requests: Family<RequestLabels, Counter>,
     cancelled: Counter,
+    engine_restarts: Counter,
     open_connections: Gauge<i64, AtomicI64>,
     /// Serialises scrapes, which bring the engine's cumulative counters up to date.
     scrape: Mutex<()>,
@@ -69,6 +70,7 @@ impl Metrics {
             generation_tokens: Counter::default(),
             requests: Family::default(),
             cancelled: Counter::default(),
+            engine_restarts: Counter::default(),
             open_connections: Gauge::default(),
             scrape: Mutex::new(()),
         };
@@ -128,6 +130,11 @@ impl Metrics {
             metrics.cancelled.clone(),
         );
         r.register(
+            "llm_engine_restarts",
+            "Times the model engine died, failing the requests it held, and was started again",
+            metrics.engine_restarts.clone(),
+        );
+        r.register(
             "llm_open_connections",
             "Open client connections",
             metrics.open_connections.clone(),
@@ -162,6 +169,7 @@ impl Metrics {
             catch_up(&self.prompt_tokens, stats.prompt_tokens);
             catch_up(&self.generation_tokens, stats.generated_tokens);
             catch_up(&self.cancelled, stats.cancelled);
+            catch_up(&self.engine_restarts, stats.engine_restarts);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

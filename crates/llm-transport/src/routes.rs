@@ -207,11 +207,13 @@ fn index(state: &State) -> Result<Response<ResponseBody>> {
     Ok(response)
 }
 
+/// `200 {"status":"ok","engine_restarts":N}` once an engine serves; `engine_restarts` counts
+/// the times the model engine died (failing the requests it held) and was started again.
 fn health(state: &State) -> Result<Response<ResponseBody>> {
-    state.backend()?;
+    let restarts = state.backend()?.stats().engine_restarts;
     Ok(json_response(
         StatusCode::OK,
-        br#"{"status":"ok"}"#.to_vec(),
+        format!(r#"{{"status":"ok","engine_restarts":{restarts}}}"#).into_bytes(),
     ))
 }
 

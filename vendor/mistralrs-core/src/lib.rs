@@ -312,6 +312,8 @@ pub struct MistralRs {
     id: String,
     creation_time: u64,
     next_request_id: Mutex<RefCell<usize>>,
+    /// llm-stream: how many times an engine thread was found dead and started again.
+    engine_restarts: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -841,6 +843,7 @@ impl MistralRs {
                 .expect("Time travel has occurred!")
                 .as_secs(),
             next_request_id: Mutex::new(RefCell::new(1)),
+            engine_restarts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -881,11 +884,33 @@ impl MistralRs {
             })?;
 
             engines.insert(model_id.to_string(), new_engine_instance);
+            self.engine_restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!("Successfully rebooted engine {}", model_id);
             Ok(())
         } else {
             Err(MistralRsError::EnginePoisoned)
         }
+    }
+
+    /// llm-stream: how many times an engine thread was found dead (it panicked, and every
+    /// request it held lost its response channel) and was started again, over this instance's
+    /// life. A server reports it, so that a failure that clients saw is visible to operators.
+    pub fn engine_restarts(&self) -> u64 {
+        self.engine_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// llm-stream: starts the default engine again if its thread has died; `Ok(true)` if it did.
+    /// mistral.rs otherwise notices a dead engine only when the next request asks for a sender.
+    pub fn restart_if_dead(&self) -> Result<bool, MistralRsError> {
+        let model_id = self.resolve_alias_or_default(None)?;
+        if !self.engine_dead(&model_id)? {
+            return Ok(false);
+        }
+        tracing::warn!("Engine {} is dead, rebooting", model_id);
+        self.reboot_engine(&model_id)?;
+        Ok(true)
     }
 
     fn engine_dead(&self, model_id: &str) -> Result<bool, MistralRsError> {

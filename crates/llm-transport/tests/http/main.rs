@@ -1,9 +1,11 @@
 //! Wire tests: raw HTTP/1.1 bytes over a real socket. Where the format matters (SSE framing,
-//! headers), exact bytes are asserted. `real` runs the real default model end to end;
+//! headers), exact bytes are asserted. `real` runs the real default model end to end, and
+//! `failure` kills its engine mid-generation;
 //! `soak` compares batched answers with solo ones over a seeded random schedule;
 //! `scripted`, `resume` and `websocket` drive the transport with a scripted engine whose tokens
 //! and faults are exactly timed.
 
+mod failure;
 mod real;
 mod reliability;
 mod resume;

@@ -230,7 +230,7 @@ async fn health_is_503_until_the_model_is_ready() {
     server.set_engine(Engine::builder().build().await.expect("loads"));
     let ready = exchange(address, &get("/health")).await;
     assert_eq!(ready.status, 200);
-    assert_eq!(ready.body(), br#"{"status":"ok"}"#);
+    assert_eq!(ready.body(), br#"{"status":"ok","engine_restarts":0}"#);
     let models = exchange(address, &get("/v1/models")).await;
     let body = String::from_utf8(models.body()).expect("UTF-8");
     assert!(

@@ -178,6 +178,34 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                             },
                         );
                     }
+                } else if let Some(reason) = is_done.as_ref() {
+                    // llm-stream: the sequence ended on a token that leaves a character
+                    // unfinished (a cut inside a multi-byte UTF-8 character), so there is no text
+                    // to send; still send the final chunk, with its finish reason and usage.
+                    // Upstream sent nothing, and the stream closed without saying why it ended:
+                    // a consumer could not tell a finished answer from an engine that died.
+                    if seq.get_mut_group().is_chat {
+                        seq.add_streaming_chunk_choice_to_group(crate::ChunkChoice {
+                            delta: crate::Delta {
+                                content: Some(String::new()),
+                                role: "assistant".to_string(),
+                                tool_calls: None,
+                                reasoning_content: None,
+                            },
+                            index: seq.get_response_index(),
+                            finish_reason: Some(reason.to_string()),
+                            logprobs: None,
+                        });
+                    } else {
+                        seq.add_streaming_completion_chunk_choice_to_group(
+                            crate::CompletionChunkChoice {
+                                text: String::new(),
+                                index: seq.get_response_index(),
+                                logprobs: None,
+                                finish_reason: Some(reason.to_string()),
+                            },
+                        );
+                    }
                 }
             }
 
