@@ -1,6 +1,10 @@
 //! Engine benchmark: time to first token, prompt and generation speed of one stream, and the
 //! aggregate generation speed of 1, 2, 4 and 8 concurrent streams.
 //!
+//! Throughput counts only correct work: every answer of a concurrent run must be the bytes the
+//! same request gives alone (temperature 0). A run whose answers differ prints the first
+//! difference and no figure, and the benchmark fails. The report names the CPU it ran on.
+//!
 //! ```sh
 //! cargo run -p llm-engine --bin engine-bench [-- --model PATH.gguf] [--rounds N]
 //! cargo run -p llm-engine --bin engine-bench -- --formats   # every weight format
@@ -38,6 +42,7 @@ fn request(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
 
 /// One measured request.
 struct Run {
+    text: String,
     ttft: Duration,
     total: Duration,
     prompt_tokens: u32,
@@ -48,13 +53,16 @@ async fn run_one(engine: &Engine, request: &ChatCompletionRequest) -> Run {
     let started = Instant::now();
     let mut stream = engine.submit(request).expect("accepted");
     let mut ttft = None;
+    let mut text = String::new();
     while let Some(event) = stream.next().await {
         match event {
-            EngineEvent::Delta(_) => {
+            EngineEvent::Delta(delta) => {
                 ttft.get_or_insert_with(|| started.elapsed());
+                text.push_str(&delta);
             }
             EngineEvent::Finished(finish) => {
                 return Run {
+                    text,
                     ttft: ttft.unwrap_or_default(),
                     total: started.elapsed(),
                     prompt_tokens: finish.usage.prompt_tokens,
@@ -248,8 +256,13 @@ async fn main() {
     );
     println!("{single}");
 
+    // The answers alone, to check every concurrent answer against.
+    let mut solo = Vec::new();
+    for prompt in PROMPTS {
+        solo.push(run_one(&engine, &request(prompt, 128)).await.text);
+    }
     let mut concurrency = String::from(
-        "| concurrent streams | aggregate generated tok/s | per stream tok/s | speed-up over 1 |\n|---|---|---|---|\n",
+        "| concurrent streams | aggregate generated tok/s | per stream tok/s | speed-up over 1 | answers equal to alone |\n|---|---|---|---|---|\n",
     );
     let mut base = None;
     for streams in [1usize, 2, 4, 8] {
@@ -257,20 +270,73 @@ async fn main() {
         for _ in 0..rounds {
             let started = Instant::now();
             let runs = run_concurrently(&engine, streams).await;
+            let elapsed = started.elapsed();
+            for (index, run) in runs.iter().enumerate() {
+                if run.text != solo[index % PROMPTS.len()] {
+                    println!(
+                        "{streams} streams: the answer to {:?} differs from the same request alone:\n  alone:   {:?}\n  batched: {:?}\nno figure is printed for wrong answers",
+                        PROMPTS[index % PROMPTS.len()],
+                        solo[index % PROMPTS.len()],
+                        run.text
+                    );
+                    std::process::exit(1);
+                }
+            }
             let generated: u32 = runs.iter().map(|run| run.generated).sum();
-            rates.push(f64::from(generated) / started.elapsed().as_secs_f64());
+            rates.push(f64::from(generated) / elapsed.as_secs_f64());
         }
         let rate = median(rates);
         let base_rate = *base.get_or_insert(rate);
         concurrency.push_str(&format!(
-            "| {streams} | {rate:.1} | {:.1} | {:.2}x |\n",
+            "| {streams} | {rate:.1} | {:.1} | {:.2}x | {} of {} |\n",
             rate / streams as f64,
-            rate / base_rate
+            rate / base_rate,
+            streams * rounds,
+            streams * rounds,
         ));
         println!("{streams} streams: {rate:.1} tok/s");
     }
     println!("{concurrency}");
-    write_report("engine", &format!("{single}\n{concurrency}"));
+    let cpu = cpu_description();
+    println!("{cpu}");
+    write_report("engine", &format!("{cpu}\n\n{single}\n{concurrency}"));
+}
+
+/// The CPU, as `lscpu` names it, and the instruction sets the kernels choose between.
+fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, value)| value.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let have: Vec<&str> = [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+        "amx_tile",
+    ]
+    .into_iter()
+    .filter(|flag| flags.contains(flag))
+    .collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "CPU: {} ({cores} cores; flags that matter: {})",
+        field("model name"),
+        if have.is_empty() {
+            "none".to_owned()
+        } else {
+            have.join(", ")
+        }
+    )
 }
 
 /// Runs `streams` requests at once, each generating 128 tokens from its own prompt.
