@@ -77,20 +77,20 @@ fn ci() -> Result<()> {
 }
 
 fn seconds(arg: Option<&String>) -> Result<u64> {
-    match arg {
-        Some(text) => text
-            .parse()
-            .with_context(|| format!("`{text}` is not a number of seconds")),
-        None => Ok(60),
-    }
+    count(arg, "seconds", 60)
 }
 
 fn minutes(arg: Option<&String>) -> Result<u64> {
+    count(arg, "minutes", 30)
+}
+
+/// A command's optional number of `unit`, `default` when absent.
+fn count(arg: Option<&String>, unit: &str, default: u64) -> Result<u64> {
     match arg {
         Some(text) => text
             .parse()
-            .with_context(|| format!("`{text}` is not a number of minutes")),
-        None => Ok(30),
+            .with_context(|| format!("`{text}` is not a number of {unit}")),
+        None => Ok(default),
     }
 }
 

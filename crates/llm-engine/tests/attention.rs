@@ -9,25 +9,14 @@
 use candle_core::{Device, Tensor};
 use mistralrs::core::{Sdpa, SdpaParams};
 
+mod common;
+
+use common::values;
+
 /// The default model's attention: 9 query heads over 3 key/value heads of 64 dimensions.
 const HEADS: usize = 9;
 const KV_HEADS: usize = 3;
 const DIM: usize = 64;
-
-/// Deterministic values in -1..1 (a linear congruential generator: same on every machine).
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            #[allow(clippy::cast_precision_loss)]
-            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-            unit * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn params() -> SdpaParams {
     SdpaParams {
