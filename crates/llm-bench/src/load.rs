@@ -1,4 +1,8 @@
 //! `llm-bench load`: N concurrent streaming clients against any OpenAI-compatible server.
+//!
+//! Every prompt is first answered alone, one request at a time; every answer under load is
+//! compared with that answer (temperature 0). A level where any answer differs gets no
+//! throughput figure: a figure measured on wrong answers is not a figure.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +65,9 @@ struct Sample {
     inter_token: Vec<f64>,
     e2e: f64,
     tokens: u64,
+    text: String,
+    /// Which prompt it answered.
+    prompt: usize,
     error: Option<String>,
 }
 
@@ -70,6 +77,8 @@ struct Level {
     concurrency: usize,
     requests: usize,
     errors: usize,
+    /// Answers equal to the same prompt's answer alone.
+    equal_to_alone: usize,
     ttft_ms: Summary,
     inter_token_ms: Summary,
     e2e_s: Summary,
@@ -96,6 +105,15 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if prompts.is_empty() {
         bail!("no prompts");
     }
+    // Each prompt alone first: the answers every answer under load must equal.
+    let mut alone = Vec::new();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let sample = one(&client, &args, &model, index, prompt).await;
+        if let Some(error) = sample.error {
+            bail!("the prompt {prompt:?} failed alone: {error}");
+        }
+        alone.push(sample.text);
+    }
     let args = Arc::new(args);
     let prompts = Arc::new(prompts);
     let mut levels = Vec::new();
@@ -111,8 +129,8 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 for round in 0..args.rounds {
-                    let prompt = &prompts[(worker + round * concurrency) % prompts.len()];
-                    samples.push(one(&client, &args, &model, prompt).await);
+                    let index = (worker + round * concurrency) % prompts.len();
+                    samples.push(one(&client, &args, &model, index, &prompts[index]).await);
                 }
                 samples
             })
@@ -122,7 +140,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
             samples.extend(worker?);
         }
         let seconds = started.elapsed().as_secs_f64();
-        let level = summarise(concurrency, seconds, &samples);
+        let level = summarise(concurrency, seconds, &samples, &alone);
         eprintln!(
             "{concurrency:>3} clients: {:.1} tok/s, TTFT p50 {:.0} ms, ITL p50 {:.1} ms, {} errors",
             level.aggregate_tokens_per_second,
@@ -132,6 +150,15 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
         );
         if let Some(error) = samples.iter().find_map(|s| s.error.as_ref()) {
             eprintln!("    first error: {error}");
+        }
+        if let Some(wrong) = samples
+            .iter()
+            .find(|s| s.error.is_none() && s.text != alone[s.prompt])
+        {
+            eprintln!(
+                "    an answer differs from the same prompt alone: {:?}\n      alone:      {:?}\n      under load: {:?}",
+                prompts[wrong.prompt], alone[wrong.prompt], wrong.text
+            );
         }
         levels.push(level);
     }
@@ -153,8 +180,9 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summarise(concurrency: usize, seconds: f64, samples: &[Sample]) -> Level {
+fn summarise(concurrency: usize, seconds: f64, samples: &[Sample], alone: &[String]) -> Level {
     let ok: Vec<&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
+    let equal_to_alone = ok.iter().filter(|s| s.text == alone[s.prompt]).count();
     let mut ttft: Vec<f64> = ok.iter().filter_map(|s| s.ttft).map(|t| t * 1e3).collect();
     let mut itl: Vec<f64> = ok
         .iter()
@@ -166,6 +194,7 @@ fn summarise(concurrency: usize, seconds: f64, samples: &[Sample]) -> Level {
         concurrency,
         requests: samples.len(),
         errors: samples.len() - ok.len(),
+        equal_to_alone,
         ttft_ms: Summary::of(&mut ttft),
         inter_token_ms: Summary::of(&mut itl),
         e2e_s: Summary::of(&mut e2e),
@@ -177,15 +206,23 @@ fn summarise(concurrency: usize, seconds: f64, samples: &[Sample]) -> Level {
 
 fn table(levels: &[Level]) -> String {
     let mut text = String::from(
-        "| clients | requests | errors | TTFT p50 / p90 / p99 (ms) | ITL p50 / p99 (ms) | \
-         e2e p50 / p99 (s) | aggregate tok/s |\n|---:|---:|---:|---|---|---|---:|\n",
+        "| clients | requests | errors | answers equal to alone | TTFT p50 / p90 / p99 (ms) | \
+         ITL p50 / p99 (ms) | e2e p50 / p99 (s) | aggregate tok/s |\n\
+         |---:|---:|---:|---:|---|---|---|---:|\n",
     );
     for l in levels {
+        // No throughput for a level with wrong answers.
+        let aggregate = if l.equal_to_alone == l.requests {
+            format!("{:.1}", l.aggregate_tokens_per_second)
+        } else {
+            "none: answers differ".to_owned()
+        };
         text.push_str(&format!(
-            "| {} | {} | {} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {aggregate} |\n",
             l.concurrency,
             l.requests,
             l.errors,
+            l.equal_to_alone,
             l.ttft_ms.p50,
             l.ttft_ms.p90,
             l.ttft_ms.p99,
@@ -193,7 +230,6 @@ fn table(levels: &[Level]) -> String {
             l.inter_token_ms.p99,
             l.e2e_s.p50,
             l.e2e_s.p99,
-            l.aggregate_tokens_per_second
         ));
     }
     text
@@ -218,9 +254,18 @@ async fn first_model(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Resul
 }
 
 /// One streamed request, timed.
-async fn one(client: &reqwest::Client, args: &LoadArgs, model: &str, prompt: &str) -> Sample {
+async fn one(
+    client: &reqwest::Client,
+    args: &LoadArgs,
+    model: &str,
+    index: usize,
+    prompt: &str,
+) -> Sample {
     let started = Instant::now();
-    let mut sample = Sample::default();
+    let mut sample = Sample {
+        prompt: index,
+        ..Sample::default()
+    };
     if let Err(error) = stream(client, args, model, prompt, started, &mut sample).await {
         sample.error = Some(format!("{error:#}"));
     }
@@ -274,6 +319,13 @@ async fn stream(
                         .first()
                         .and_then(|c| c.delta.content.as_deref())
                         .is_some_and(|text| !text.is_empty());
+                    if let Some(content) = chunk
+                        .choices
+                        .first()
+                        .and_then(|c| c.delta.content.as_deref())
+                    {
+                        sample.text.push_str(content);
+                    }
                     if has_text {
                         deltas += 1;
                         match last {
