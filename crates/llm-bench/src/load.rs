@@ -314,19 +314,13 @@ async fn stream(
         for event in events.drain(..) {
             match event {
                 StreamEvent::Chunk(chunk) => {
-                    let has_text = chunk
+                    let content = chunk
                         .choices
                         .first()
                         .and_then(|c| c.delta.content.as_deref())
-                        .is_some_and(|text| !text.is_empty());
-                    if let Some(content) = chunk
-                        .choices
-                        .first()
-                        .and_then(|c| c.delta.content.as_deref())
-                    {
-                        sample.text.push_str(content);
-                    }
-                    if has_text {
+                        .unwrap_or_default();
+                    sample.text.push_str(content);
+                    if !content.is_empty() {
                         deltas += 1;
                         match last {
                             None => sample.ttft = Some((now - started).as_secs_f64()),

@@ -299,6 +299,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// Hands a request to mistral.rs's engine (starting it again first if it has died).
+    async fn send_to_mistral(&self, request: Request) -> Result<()> {
+        let sender = self
+            .mistral
+            .get_sender(None)
+            .map_err(|error| Error::Generation {
+                source: error.into(),
+            })?;
+        sender.send(request).await.map_err(|_| Error::Generation {
+            source: "the mistral.rs engine has stopped".into(),
+        })
+    }
+
     /// Called by a request that found mistral.rs's engine thread gone. mistral.rs starts a dead
     /// engine again only when a request next asks it for a sender; this does it as soon as the
     /// thread has ended, so that the next request finds an engine and the restart shows in the
@@ -359,16 +372,8 @@ impl Engine {
             ("role".to_owned(), Either::Left("user".to_owned())),
             ("content".to_owned(), Either::Left("crash".to_owned())),
         ]);
-        let stopped = |_| Error::Generation {
-            source: "the mistral.rs engine has stopped".into(),
-        };
         self.inner
-            .mistral
-            .get_sender(None)
-            .map_err(|error| Error::Generation {
-                source: error.into(),
-            })?
-            .send(Request::Tokenize(TokenizationRequest {
+            .send_to_mistral(Request::Tokenize(TokenizationRequest {
                 text: Either::Left(vec![message]),
                 tools: None,
                 add_generation_prompt: true,
@@ -378,7 +383,6 @@ impl Engine {
                 response,
             }))
             .await
-            .map_err(stopped)
     }
 
     /// Stops admitting requests: [`submit`](Self::submit) fails with
@@ -610,7 +614,7 @@ impl RequestTask {
             model_id: None,
             truncate_sequence: false,
         }));
-        if let Err(error) = self.send_to_mistral(request).await {
+        if let Err(error) = self.inner.send_to_mistral(request).await {
             return Outcome::Failed(error);
         }
         Counters::add(&self.inner.counters.started, 1);
@@ -720,33 +724,21 @@ impl RequestTask {
         }
     }
 
-    async fn send_to_mistral(&self, request: Request) -> Result<()> {
-        let sender = self
-            .inner
-            .mistral
-            .get_sender(None)
-            .map_err(|error| Error::Generation {
-                source: error.into(),
-            })?;
-        sender.send(request).await.map_err(|_| Error::Generation {
-            source: "the mistral.rs engine has stopped".into(),
-        })
-    }
-
     /// Counts the prompt's tokens after the chat template, exactly as mistral.rs will prefill
     /// it. `Ok(None)` when the consumer left meanwhile.
     async fn count_prompt_tokens(&self) -> Result<Option<usize>> {
         let (sender, mut receiver) = mpsc::channel(1);
-        self.send_to_mistral(Request::Tokenize(TokenizationRequest {
-            text: Either::Left(self.job.messages.clone()),
-            tools: None,
-            add_generation_prompt: true,
-            add_special_tokens: true,
-            enable_thinking: None,
-            reasoning_effort: None,
-            response: sender,
-        }))
-        .await?;
+        self.inner
+            .send_to_mistral(Request::Tokenize(TokenizationRequest {
+                text: Either::Left(self.job.messages.clone()),
+                tools: None,
+                add_generation_prompt: true,
+                add_special_tokens: true,
+                enable_thinking: None,
+                reasoning_effort: None,
+                response: sender,
+            }))
+            .await?;
         // mistral.rs panics if the reply's receiver is gone, so the receiver lives in a task of
         // its own until the reply arrives, whatever happens to this request.
         let (forward, answer) = tokio::sync::oneshot::channel();

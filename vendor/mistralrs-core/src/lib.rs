@@ -905,11 +905,17 @@ impl MistralRs {
     /// mistral.rs otherwise notices a dead engine only when the next request asks for a sender.
     pub fn restart_if_dead(&self) -> Result<bool, MistralRsError> {
         let model_id = self.resolve_alias_or_default(None)?;
-        if !self.engine_dead(&model_id)? {
+        self.restart_dead_engine(&model_id)
+    }
+
+    /// llm-stream: starts the engine of `model_id` again if its thread has died; `Ok(true)` if
+    /// it did. `get_sender` and `restart_if_dead` both go through here.
+    fn restart_dead_engine(&self, model_id: &str) -> Result<bool, MistralRsError> {
+        if !self.engine_dead(model_id)? {
             return Ok(false);
         }
         tracing::warn!("Engine {} is dead, rebooting", model_id);
-        self.reboot_engine(&model_id)?;
+        self.reboot_engine(model_id)?;
         Ok(true)
     }
 
@@ -941,11 +947,9 @@ impl MistralRs {
         };
 
         if is_loaded {
-            // Check if engine is dead and needs reboot
-            if self.engine_dead(&resolved_model_id)? {
-                tracing::warn!("Engine {} is dead, rebooting", resolved_model_id);
-                self.reboot_engine(&resolved_model_id)?
-            }
+            // Check if engine is dead and needs reboot (llm-stream: shared with
+            // `restart_if_dead`)
+            self.restart_dead_engine(&resolved_model_id)?;
 
             let engines = self
                 .engines
