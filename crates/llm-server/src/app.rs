@@ -11,8 +11,21 @@ use tokio::net::TcpListener;
 
 use crate::cli::Args;
 
-/// The chat page served at `/`.
+/// The chat page served at `/`, without its SSE parser.
 const CHAT_PAGE: &str = include_str!("chat.html");
+/// The SSE parser the page shares with the browser examples.
+const SSE_PARSER: &str = include_str!("../../../examples/browser/sse.js");
+/// The line of the page the parser replaces.
+const SSE_PARSER_MARKER: &str = "// @include sse.js";
+
+/// The chat page with its parser in place.
+fn chat_page() -> String {
+    let (before, after) = CHAT_PAGE
+        .split_once(SSE_PARSER_MARKER)
+        .expect("the chat page has the parser's marker");
+    let after = after.split_once('\n').map_or("", |(_, rest)| rest);
+    format!("{before}{SSE_PARSER}{after}")
+}
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let address = SocketAddr::new(args.host, args.port);
@@ -32,7 +45,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.resume.grace = Duration::from_secs_f64(args.resume_grace_secs);
     config.resume.ttl = Duration::from_secs_f64(args.replay_ttl_secs);
     config.resume.budget = args.replay_budget_mb as usize * (1 << 20);
-    config.index_html = Some(Bytes::from_static(CHAT_PAGE.as_bytes()));
+    config.index_html = Some(Bytes::from(chat_page()));
     let server = Server::new(config);
 
     let mut builder = Engine::builder()
@@ -76,4 +89,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     server.set_engine(engine);
     serving.await.context("the server stopped")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_page_carries_the_shared_parser() {
+        let page = chat_page();
+        assert!(!page.contains(SSE_PARSER_MARKER));
+        assert_eq!(page.matches("function createSseParser(onEvent)").count(), 1);
+        assert!(
+            page.contains("const KEY_STORAGE"),
+            "the page's own script follows"
+        );
+    }
 }
