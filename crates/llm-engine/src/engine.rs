@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use either::Either;
 use indexmap::IndexMap;
-use llm_protocol::{ChatCompletionRequest, FinishReason, Role, Usage};
+use llm_protocol::{ChatCompletionRequest, Role};
 use mistralrs::core::{MistralRsBuilder, TokenizationRequest};
 use mistralrs::{
     Constraint, DefaultSchedulerMethod, MistralRs, NormalRequest, Request, RequestMessage,
@@ -29,10 +29,10 @@ use mistralrs::{
 };
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::decode::{Chunk, Decoded, ResponseDecoder};
 use crate::error::{Error, Result};
 use crate::model::{EngineDevice, ModelSource, Weights};
 use crate::stats::{Counters, EngineStats, GaugeGuard};
-use crate::stop::{Filtered, StopFilter};
 use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, Timings};
 
 /// Capacity of each request's channel from mistral.rs. The request's task drains it at once,
@@ -359,30 +359,13 @@ impl Engine {
     }
 
     /// Makes mistral.rs's engine thread panic, as a bug in it would, for tests of what clients
-    /// see when the engine fails: it answers a tokenization request whose reply channel is
-    /// already closed, which mistral.rs 0.8.1 treats as impossible.
+    /// see when the engine fails (the vendored mistral.rs panics on `Request::InjectPanic`).
     ///
     /// # Errors
     /// [`Error::Generation`] if the engine cannot be reached.
     #[cfg(feature = "fault-injection")]
     pub async fn crash_model_engine(&self) -> Result<()> {
-        let (response, receiver) = mpsc::channel(1);
-        drop(receiver);
-        let message = IndexMap::from([
-            ("role".to_owned(), Either::Left("user".to_owned())),
-            ("content".to_owned(), Either::Left("crash".to_owned())),
-        ]);
-        self.inner
-            .send_to_mistral(Request::Tokenize(TokenizationRequest {
-                text: Either::Left(vec![message]),
-                tools: None,
-                add_generation_prompt: true,
-                add_special_tokens: true,
-                enable_thinking: None,
-                reasoning_effort: None,
-                response,
-            }))
-            .await
+        self.inner.send_to_mistral(Request::InjectPanic).await
     }
 
     /// Stops admitting requests: [`submit`](Self::submit) fails with
@@ -619,13 +602,11 @@ impl RequestTask {
         }
         Counters::add(&self.inner.counters.started, 1);
 
-        let mut stops = StopFilter::new(self.job.stops.clone());
+        let mut decoder = ResponseDecoder::new(self.job.stops.clone(), prompt_tokens);
         let mut timings = Timings {
             queue,
             ..Timings::default()
         };
-        let mut tokens = 0u32;
-        let usage_of = |completion: u32| Usage::new(prompt_tokens as u32, completion);
         loop {
             let response = tokio::select! {
                 biased;
@@ -642,6 +623,8 @@ impl RequestTask {
                 Some(Response::InternalError(source) | Response::ValidationError(source)) => {
                     return Outcome::Failed(Error::Generation { source })
                 }
+                // Whole (non-streamed) responses, completions, images, speech, raw logits and
+                // embeddings: never asked for by a streaming chat request.
                 Some(_) => continue,
                 // Every sequence that ends sends a final chunk with its finish reason (the
                 // vendored mistral.rs does so even when the last token leaves a character
@@ -650,56 +633,45 @@ impl RequestTask {
                 None => {
                     self.inner.engine_failed();
                     return Outcome::Failed(Error::EngineFailed {
-                        generated: tokens as usize,
+                        generated: decoder.tokens(),
                     });
                 }
             };
+            let usage = chunk
+                .usage
+                .as_ref()
+                .map(|usage| (usage.prompt_tokens, usage.completion_tokens));
             let Some(choice) = chunk.choices.into_iter().next() else {
                 continue;
             };
-            tokens += 1;
             Counters::add(&self.inner.counters.generated_tokens, 1);
-            let text = choice.delta.content.unwrap_or_default();
-            let (text, stopped) = match stops.push(&text) {
-                Filtered::Pass(text) => (text, false),
-                Filtered::Stop(text) => (text, true),
-            };
-            if !stopped && choice.finish_reason.as_deref() == Some("canceled") {
-                // This request's receiver is alive, so mistral.rs stopped it on its own (its
-                // "terminate all sequences"): a cut answer, not a finished one.
-                return Outcome::Failed(Error::Generation {
-                    source: "mistral.rs cancelled the sequence".into(),
-                });
-            }
-            let finish_reason = if stopped {
-                Some(FinishReason::Stop)
-            } else {
-                choice.finish_reason.map(|reason| match reason.as_str() {
-                    "length" => FinishReason::Length,
-                    _ => FinishReason::Stop,
-                })
-            };
-            let text = if finish_reason.is_some() && !stopped {
-                text + &stops.flush()
-            } else {
-                text
-            };
-            if let Err(outcome) = self.emit(text, &mut timings) {
-                return outcome;
-            }
-            if let Some(reason) = finish_reason {
-                let usage = match chunk.usage {
-                    Some(usage) if !stopped => {
-                        Usage::new(usage.prompt_tokens as u32, usage.completion_tokens as u32)
+            let decoded = decoder.push(Chunk {
+                text: choice.delta.content.as_deref().unwrap_or_default(),
+                finish_reason: choice.finish_reason.as_deref(),
+                usage,
+            });
+            match decoded {
+                Decoded::Text(text) => {
+                    if let Err(outcome) = self.emit(text, &mut timings) {
+                        return outcome;
                     }
-                    _ => usage_of(tokens),
-                };
-                timings.total = self.submitted.elapsed();
-                return Outcome::Finished(Finish {
+                }
+                Decoded::Finished {
+                    text,
                     reason,
                     usage,
-                    timings,
-                });
+                } => {
+                    if let Err(outcome) = self.emit(text, &mut timings) {
+                        return outcome;
+                    }
+                    timings.total = self.submitted.elapsed();
+                    return Outcome::Finished(Finish {
+                        reason,
+                        usage,
+                        timings,
+                    });
+                }
+                Decoded::Failed(error) => return Outcome::Failed(error),
             }
         }
     }
@@ -739,18 +711,14 @@ impl RequestTask {
                 response: sender,
             }))
             .await?;
-        // mistral.rs panics if the reply's receiver is gone, so the receiver lives in a task of
-        // its own until the reply arrives, whatever happens to this request.
-        let (forward, answer) = tokio::sync::oneshot::channel();
-        self.inner.runtime.spawn(async move {
-            let _ = forward.send(receiver.recv().await);
-        });
+        // The vendored mistral.rs answers a receiver that is gone with a warning (upstream
+        // panicked), so the receiver may simply be dropped when the consumer leaves.
         tokio::select! {
             () = self.deltas.closed() => Ok(None),
-            answer = answer => match answer {
-                Ok(Some(Ok(tokens))) => Ok(Some(tokens.len())),
-                Ok(Some(Err(error))) => Err(Error::Generation { source: error.into() }),
-                Ok(None) | Err(_) => Err(Error::Generation {
+            answer = receiver.recv() => match answer {
+                Some(Ok(tokens)) => Ok(Some(tokens.len())),
+                Some(Err(error)) => Err(Error::Generation { source: error.into() }),
+                None => Err(Error::Generation {
                     source: "mistral.rs dropped the tokenization request".into(),
                 }),
             },

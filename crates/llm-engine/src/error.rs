@@ -1,15 +1,15 @@
 //! The engine's one error type.
 
-use std::time::Duration;
-
 /// A boxed error from mistral.rs, kept as the source of ours.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything the engine can fail with. Each variant carries what a caller needs to decide
 /// (which field, which limit); `Display` gives a message that is safe to show to a client,
 /// while `source()` keeps the underlying detail for logs.
+///
+/// Not `#[non_exhaustive]`: the transport maps every variant to a status in one exhaustive
+/// table, so that a new variant is a compile error there rather than an unlabelled 500.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The default model could not be fetched into the cache.
     #[error(
@@ -121,9 +121,6 @@ pub enum Error {
         /// Tokens generated before the failure.
         generated: usize,
     },
-    /// A request ran past a deadline set by the caller.
-    #[error("the request did not finish within {0:?}")]
-    Timeout(Duration),
 }
 
 impl From<llm_protocol::Error> for Error {

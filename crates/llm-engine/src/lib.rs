@@ -37,6 +37,7 @@
 //! ```
 
 mod convert;
+mod decode;
 mod engine;
 mod error;
 mod fetch;

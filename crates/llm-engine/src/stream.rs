@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 
-/// One event of a generation.
+/// One event of a generation. Not `#[non_exhaustive]`: every consumer in the workspace maps
+/// each event to a frame, and a new event must be a compile error there, not a dropped one.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum EngineEvent {
     /// New text. Always whole UTF-8 characters; never empty.
     Delta(String),

@@ -23,7 +23,6 @@ async fn drain(mut stream: ChatStream) -> (Vec<String>, Result<Finish, Error>) {
             EngineEvent::Delta(text) => deltas.push(text),
             EngineEvent::Finished(finish) => return (deltas, Ok(finish)),
             EngineEvent::Error(error) => return (deltas, Err(error)),
-            other => panic!("unexpected event {other:?}"),
         }
     }
     panic!("the stream ended without a final event");
@@ -247,6 +246,47 @@ async fn dropping_a_running_stream_cancels_it() {
     })
     .await;
     assert_eq!(engine.stats().finished, 0);
+}
+
+/// A request dropped while mistral.rs counts its prompt leaves the tokenizer's reply with no
+/// receiver. Upstream mistral.rs panics its engine thread on that, failing every running
+/// request; the vendored one logs it. A generation runs meanwhile, so that the tokenization
+/// requests wait behind its decode steps and their receivers are gone when they are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_dropped_while_their_prompt_is_counted_leave_the_engine_running() {
+    let engine = engine(Engine::builder().max_num_seqs(32)).await;
+    let running = engine
+        .submit(&ask("Write a long story about a dragon.", 48))
+        .expect("accepted");
+    let long = tokio::spawn(drain(running));
+    wait_for(&engine, "the first request running", |stats| {
+        stats.running == 1
+    })
+    .await;
+    for i in 0..16 {
+        let stream = engine
+            .submit(&ask(&format!("Question number {i}?"), 8))
+            .expect("accepted");
+        // Let the request's task acquire its slot and send the tokenization request.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(stream);
+    }
+    let (_, finish) = long.await.expect("the task ran");
+    assert_eq!(
+        finish.expect("the running generation finishes").reason,
+        FinishReason::Length
+    );
+    wait_for(&engine, "the dropped requests cancelled", |stats| {
+        stats.running == 0 && stats.cancelled == 16
+    })
+    .await;
+    assert_eq!(engine.stats().engine_restarts, 0, "the engine never died");
+    let after = engine
+        .submit(&ask("Name a colour.", 8))
+        .expect("accepted")
+        .collect()
+        .await;
+    assert!(after.is_ok(), "the engine still answers: {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

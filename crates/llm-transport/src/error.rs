@@ -69,6 +69,22 @@ pub enum Error {
         /// The configured budget.
         budget: usize,
     },
+    /// A live resumable stream would take the replay logs past their memory budget: it ends
+    /// with this error, cut short.
+    #[error(
+        "the replay buffers reached their budget of {budget} bytes, so this resumable stream \
+         was cut short; request shorter answers, or streams without `resumable`"
+    )]
+    ReplayBudgetExceeded {
+        /// The configured budget.
+        budget: usize,
+    },
+    /// The server is shutting down and starts no new work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A non-streaming request ran past the request timeout; its generation was cancelled.
+    #[error("the request did not finish within {0:?}")]
+    Timeout(std::time::Duration),
     /// The server has as many connections as it accepts.
     #[error("the server has reached its limit of {limit} connections; retry shortly")]
     TooManyConnections {
@@ -153,10 +169,14 @@ impl Error {
                     "server_error",
                     Some("engine_failed"),
                 ),
-                E::Timeout(_) => {
-                    class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout"))
+                E::Generation { .. }
+                | E::ModelFetch { .. }
+                | E::InvalidModel { .. }
+                | E::Conversion { .. }
+                | E::ModelLoad { .. }
+                | E::Device { .. } => {
+                    class(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
                 }
-                _ => class(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
             },
             Self::InvalidRequest(llm_protocol::Error::InvalidRequest { param, .. }) => Class {
                 param: param.clone(),
@@ -205,6 +225,17 @@ impl Error {
                 "server_error",
                 Some("replay_budget_exhausted"),
             ),
+            Self::ReplayBudgetExceeded { .. } => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("replay_budget_exhausted"),
+            ),
+            Self::ShuttingDown => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("shutting_down"),
+            ),
+            Self::Timeout(_) => class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout")),
             Self::TooManyConnections { .. } => class(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",

@@ -13,8 +13,8 @@
 //! comments; a client that disconnects cancels its generation at once (a resumable one after
 //! a grace period); every limit is named in [`TransportConfig`]; every error becomes OpenAI's
 //! error shape through one table ([`Error`]). The transport knows the engine only through the
-//! [`Backend`] trait, which [`llm_engine::Engine`] implements and [`ScriptedEngine`] imitates
-//! for tests and benchmarks of this layer.
+//! [`Backend`] trait, which [`llm_engine::Engine`] implements. With the `test-util` feature,
+//! `ScriptedEngine` imitates it for tests and benchmarks of this layer.
 //!
 //! # Example
 //!
@@ -32,23 +32,33 @@
 //! # }
 //! ```
 
+// Modules in layer order: each one uses only those above it (`xtask/src/tidy.rs` keeps it so).
+// Leaves: settings, errors, bodies, credentials, CORS, metrics, replay logs, the engine seam.
 mod auth;
 mod backend;
 mod body;
 mod config;
+mod connection;
 mod cors;
 mod error;
-mod eventsource;
 mod metrics;
 mod replay;
-mod routes;
+#[cfg(feature = "test-util")]
 mod scripted;
+// Shared by everything below.
+mod shutdown;
+mod state;
+// HTTP helpers, then the streaming parts, then the handlers, the router and the server.
+mod handlers;
+mod http;
+mod router;
 mod server;
-mod sse;
-mod websocket;
+mod stream;
 
 pub use backend::{Backend, EventStream};
 pub use config::{ResumeConfig, TransportConfig};
 pub use error::{Error, Result};
+#[cfg(feature = "test-util")]
 pub use scripted::{Script, ScriptedEngine};
-pub use server::{shutdown_signal, Server};
+pub use server::Server;
+pub use shutdown::shutdown_signal;

@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 const TOMBSTONE_MIN: Duration = Duration::from_secs(3600);
 /// The most expired ids remembered.
 const TOMBSTONE_LIMIT: usize = 100_000;
+/// A new resumable stream needs this fraction of the budget free (after finished logs are
+/// forgotten), so that it is refused up front rather than cut after a few tokens.
+const ADMISSION_ROOM: usize = 16;
 
 /// The events of one response so far.
 #[derive(Debug, Default)]
@@ -35,13 +38,16 @@ pub(crate) struct LogState {
 #[derive(Debug)]
 pub(crate) struct ReplayLog {
     id: String,
+    /// What a follower sends while the stream is silent: the keep-alive of its dialect.
+    keep_alive: Bytes,
     state: watch::Sender<LogState>,
     attached: watch::Sender<usize>,
     total: Arc<AtomicUsize>,
 }
 
 impl ReplayLog {
-    /// Appends events and wakes every follower.
+    /// Appends events and wakes every follower, whatever the budget: for the frames that end
+    /// a stream. Everything before them goes through [`ReplayStore::append`].
     pub(crate) fn append(&self, frames: Vec<Bytes>) {
         let added: usize = frames.iter().map(Bytes::len).sum();
         self.total.fetch_add(added, Ordering::AcqRel);
@@ -68,6 +74,11 @@ impl ReplayLog {
     pub(crate) fn attach(self: &Arc<Self>) -> Attached {
         self.attached.send_modify(|count| *count += 1);
         Attached(Arc::clone(self))
+    }
+
+    /// The keep-alive frame of the stream's dialect.
+    pub(crate) fn keep_alive(&self) -> Bytes {
+        self.keep_alive.clone()
     }
 
     /// Events so far, and whether the stream has ended.
@@ -141,12 +152,15 @@ impl ReplayStore {
     /// Opens the log of a new resumable response.
     ///
     /// # Errors
-    /// [`Error::ReplayFull`] when live streams alone fill the memory budget.
-    pub(crate) fn create(&self, id: &str) -> Result<Arc<ReplayLog>> {
+    /// [`Error::ReplayFull`] when live streams alone leave less than a sixteenth of the memory
+    /// budget free.
+    pub(crate) fn create(&self, id: &str, keep_alive: Bytes) -> Result<Arc<ReplayLog>> {
         let mut inner = self.lock();
-        self.make_room(&mut inner)?;
+        self.make_room(&mut inner, self.admission_room())
+            .map_err(|()| self.full())?;
         let log = Arc::new(ReplayLog {
             id: id.to_owned(),
+            keep_alive,
             state: watch::Sender::new(LogState::default()),
             attached: watch::Sender::new(0),
             total: Arc::clone(&self.total),
@@ -158,22 +172,57 @@ impl ReplayStore {
     /// Checks that a new log would fit, forgetting ended ones if needed.
     ///
     /// # Errors
-    /// [`Error::ReplayFull`] when live streams alone fill the memory budget.
+    /// [`Error::ReplayFull`] when live streams alone leave less than a sixteenth of the memory
+    /// budget free.
     pub(crate) fn check_room(&self) -> Result<()> {
         let mut inner = self.lock();
-        self.make_room(&mut inner)
+        self.make_room(&mut inner, self.admission_room())
+            .map_err(|()| self.full())
     }
 
-    fn make_room(&self, inner: &mut Inner) -> Result<()> {
+    /// The room a new log needs: a sixteenth of the budget.
+    fn admission_room(&self) -> usize {
+        self.config.budget.div_ceil(ADMISSION_ROOM).max(1)
+    }
+
+    fn full(&self) -> Error {
+        Error::ReplayFull {
+            budget: self.config.budget,
+        }
+    }
+
+    /// Forgets ended logs, oldest first, until `needed` more bytes fit in the budget.
+    /// `Err(())` when live logs alone leave no room.
+    fn make_room(&self, inner: &mut Inner, needed: usize) -> Result<(), ()> {
         self.expire(inner, Instant::now());
-        while self.bytes() >= self.config.budget {
+        while self.bytes() + needed > self.config.budget {
             let Some((_, oldest)) = inner.ended.pop_front() else {
-                return Err(Error::ReplayFull {
-                    budget: self.config.budget,
-                });
+                return Err(());
             };
             self.forget(inner, oldest, Instant::now());
         }
+        Ok(())
+    }
+
+    /// Appends events to a live log, within the memory budget: ended logs are forgotten to
+    /// make room, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::ReplayBudgetExceeded`] when live logs alone leave no room for the events; they
+    /// are not appended.
+    pub(crate) fn append(&self, log: &ReplayLog, frames: Vec<Bytes>) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let added: usize = frames.iter().map(Bytes::len).sum();
+        if self.bytes() + added > self.config.budget {
+            let mut inner = self.lock();
+            self.make_room(&mut inner, added)
+                .map_err(|()| Error::ReplayBudgetExceeded {
+                    budget: self.config.budget,
+                })?;
+        }
+        log.append(frames);
         Ok(())
     }
 
@@ -257,7 +306,7 @@ mod tests {
     #[test]
     fn logs_expire_after_their_ttl_and_are_then_gone_not_unknown() {
         let store = store(Duration::ZERO, 1 << 20);
-        let log = store.create("a").expect("room");
+        let log = store.create("a", Bytes::new()).expect("room");
         log.append(vec![Bytes::from_static(b"data: x\n\n")]);
         assert!(matches!(store.get("a"), Lookup::Found(_)));
         assert_eq!(store.bytes(), 9);
@@ -270,16 +319,61 @@ mod tests {
     #[test]
     fn the_budget_evicts_ended_logs_first_and_refuses_when_live_ones_fill_it() {
         let store = store(Duration::from_secs(60), 10);
-        let ended = store.create("ended").expect("room");
+        let ended = store.create("ended", Bytes::new()).expect("room");
         ended.append(vec![Bytes::from(vec![b'x'; 10])]);
         store.finish(&ended);
-        let live = store.create("live").expect("the ended log makes room");
+        let live = store
+            .create("live", Bytes::new())
+            .expect("the ended log makes room");
         assert!(matches!(store.get("ended"), Lookup::Expired));
         live.append(vec![Bytes::from(vec![b'x'; 10])]);
         assert!(matches!(
-            store.create("third"),
+            store.create("third", Bytes::new()),
             Err(Error::ReplayFull { .. })
         ));
         assert!(matches!(store.get("live"), Lookup::Found(_)));
+    }
+
+    #[test]
+    fn appending_past_the_budget_evicts_ended_logs_then_fails() {
+        let store = store(Duration::from_secs(60), 20);
+        let ended = store.create("ended", Bytes::new()).expect("room");
+        ended.append(vec![Bytes::from(vec![b'x'; 8])]);
+        store.finish(&ended);
+        let live = store.create("live", Bytes::new()).expect("room");
+        let frame = || vec![Bytes::from(vec![b'y'; 7])];
+        store
+            .append(&live, frame())
+            .expect("fits beside the ended log");
+        assert!(matches!(store.get("ended"), Lookup::Found(_)));
+        store
+            .append(&live, frame())
+            .expect("the ended log is forgotten to make room");
+        assert!(matches!(store.get("ended"), Lookup::Expired));
+        assert!(matches!(
+            store.append(&live, frame()),
+            Err(Error::ReplayBudgetExceeded { budget: 20 })
+        ));
+        assert_eq!(store.bytes(), 14, "a refused append adds nothing");
+        assert_eq!(live.progress(), (2, false));
+    }
+
+    #[test]
+    fn a_new_log_needs_a_sixteenth_of_the_budget_free() {
+        let store = store(Duration::from_secs(60), 160);
+        let live = store.create("live", Bytes::new()).expect("room");
+        store
+            .append(&live, vec![Bytes::from(vec![b'x'; 150])])
+            .expect("fits");
+        store
+            .create("second", Bytes::new())
+            .expect("10 bytes free of 160");
+        store
+            .append(&live, vec![Bytes::from(vec![b'x'; 1])])
+            .expect("fits");
+        assert!(matches!(
+            store.check_room(),
+            Err(Error::ReplayFull { budget: 160 })
+        ));
     }
 }

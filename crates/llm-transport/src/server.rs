@@ -1,25 +1,21 @@
 //! The accept loop: connections and their limit, HTTP/1.1 and h2c, and graceful shutdown.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use crate::auth::ApiKeys;
 use crate::backend::Backend;
 use crate::config::TransportConfig;
-use crate::cors::Cors;
-use crate::error::Error;
-use crate::metrics::{ConnectionGuard, Metrics};
-use crate::replay::ReplayStore;
-use crate::routes::{self, State};
+use crate::connection::{refuse, ConnectionSlot};
+use crate::router;
+use crate::state::State;
 
 /// How long streams get to write their last event once the shutdown deadline has passed.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -36,7 +32,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("config", &self.state.config)
+            .field("config", self.state.config())
             .finish_non_exhaustive()
     }
 }
@@ -44,27 +40,15 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// A server with the given limits and no engine yet.
     pub fn new(config: TransportConfig) -> Self {
-        let (deadline, _) = watch::channel(false);
-        let (draining, _) = watch::channel(false);
         Self {
-            state: Arc::new(State {
-                keys: ApiKeys::new(&config.api_keys),
-                cors: Cors::new(&config.cors_origins),
-                replay: Arc::new(ReplayStore::new(config.resume.clone())),
-                metrics: Arc::new(Metrics::new()),
-                config,
-                backend: OnceLock::new(),
-                deadline,
-                draining,
-                tasks: Tasks::default(),
-            }),
+            state: Arc::new(State::new(config)),
         }
     }
 
     /// Installs the engine (the real [`llm_engine::Engine`], or any [`Backend`]) once it is
     /// loaded. Later calls are ignored.
     pub fn set_engine(&self, engine: impl Backend) {
-        let _ = self.state.backend.set(Arc::new(engine));
+        self.state.set_backend(Arc::new(engine));
     }
 
     /// Serves connections from `listener` until `shutdown` completes. Then it stops accepting,
@@ -81,7 +65,7 @@ impl Server {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> std::io::Result<()> {
-        let config = &self.state.config;
+        let config = self.state.config();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's read buffer bounds the request head; it cannot be below 8 KiB.
         let header_limit = config.header_limit.max(8192);
@@ -110,19 +94,19 @@ impl Server {
                 },
             };
             let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                tokio::spawn(refuse(stream, config.max_connections));
+                refuse(stream, config.max_connections);
                 continue;
             };
             // Every chunk goes out as soon as it is written.
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
-            let slot = ConnectionSlot::new(permit, self.state.metrics.connection());
+            let slot = ConnectionSlot::new(permit, self.state.metrics().connection());
             let state = Arc::clone(&self.state);
             let service_slot = slot.clone();
             let service = service_fn(move |mut request: hyper::Request<_>| {
                 request.extensions_mut().insert(service_slot.clone());
-                routes::handle(Arc::clone(&state), request)
+                router::handle(Arc::clone(&state), request)
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let connection = graceful.watch(connection.into_owned());
@@ -134,15 +118,15 @@ impl Server {
             });
         }
         drop(listener);
-        if let Some(backend) = self.state.backend.get() {
+        if let Some(backend) = self.state.loaded_backend() {
             backend.close();
         }
-        self.state.draining.send_replace(true);
+        let shutdown = self.state.shutdown().clone();
+        shutdown.begin();
         tracing::info!(?grace, "shutting down: letting open streams finish");
-        let tasks = self.state.tasks.clone();
-        let drained = async move {
+        let drained = async {
             graceful.shutdown().await;
-            tasks.idle().await;
+            shutdown.idle().await;
         };
         tokio::pin!(drained);
         if tokio::time::timeout(grace, &mut drained).await.is_err() {
@@ -150,7 +134,7 @@ impl Server {
                 ?grace,
                 "streams still open after the grace period; ending them"
             );
-            self.state.deadline.send_replace(true);
+            self.state.shutdown().end_streams();
             if tokio::time::timeout(FINAL_FLUSH, &mut drained)
                 .await
                 .is_err()
@@ -159,124 +143,5 @@ impl Server {
             }
         }
         Ok(())
-    }
-}
-
-/// Resolves on ctrl-c or, on Unix, SIGTERM: the usual signal to pass to
-/// [`Server::serve`].
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
-}
-
-/// Answers a connection over the limit with 503 in OpenAI's shape, then closes it.
-async fn refuse(mut stream: TcpStream, limit: usize) {
-    let body = Error::TooManyConnections { limit }.body();
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
-        stream.shutdown().await
-    };
-    if tokio::time::timeout(Duration::from_secs(1), write)
-        .await
-        .is_err()
-    {
-        tracing::debug!("a refused connection did not take its 503");
-    }
-}
-
-/// A connection's place under the connection limit, and its count in the open-connection
-/// gauge. hyper lets go of a connection once it is upgraded to a WebSocket; the session then
-/// takes the place over, so that WebSockets count against the limit for as long as they live.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectionSlot(
-    Arc<std::sync::Mutex<Option<(OwnedSemaphorePermit, ConnectionGuard)>>>,
-);
-
-impl ConnectionSlot {
-    fn new(permit: OwnedSemaphorePermit, open: ConnectionGuard) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(Some((permit, open)))))
-    }
-
-    /// Takes the place over; the connection no longer releases it when it ends.
-    pub(crate) fn take(&self) -> Option<impl Send + 'static> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
-}
-
-/// Resolves once the shutdown deadline has passed: streams then end with an error event.
-#[derive(Debug, Clone)]
-pub(crate) struct Deadline(watch::Receiver<bool>);
-
-impl Deadline {
-    pub(crate) fn new(sender: &watch::Sender<bool>) -> Self {
-        Self(sender.subscribe())
-    }
-
-    /// Cancel safe.
-    pub(crate) async fn reached(&mut self) {
-        if self.0.wait_for(|reached| *reached).await.is_err() {
-            // The server is gone: nothing will ever announce the deadline.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Tasks that outlive a request handler (stream pumps, resumable generations, WebSocket
-/// sessions), counted so that shutdown can wait for them.
-#[derive(Debug, Clone)]
-pub(crate) struct Tasks(Arc<watch::Sender<usize>>);
-
-impl Default for Tasks {
-    fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
-    }
-}
-
-impl Tasks {
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let count = Arc::clone(&self.0);
-        count.send_modify(|n| *n += 1);
-        tokio::spawn(async move {
-            struct Done(Arc<watch::Sender<usize>>);
-            impl Drop for Done {
-                fn drop(&mut self) {
-                    self.0.send_modify(|n| *n -= 1);
-                }
-            }
-            let _done = Done(count);
-            task.await;
-        });
-    }
-
-    async fn idle(&self) {
-        let mut count = self.0.subscribe();
-        let _ = count.wait_for(|n| *n == 0).await;
     }
 }

@@ -50,7 +50,6 @@ async fn main() -> Result<(), llm_engine::Error> {
                 );
             }
             EngineEvent::Error(error) => return Err(error),
-            _ => {}
         }
     }
     Ok(())

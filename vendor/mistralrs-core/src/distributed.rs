@@ -130,6 +130,8 @@ pub fn nccl_daemon_replicator(request_sender: Sender<Request>) {
                             continue;
                         }
                         Request::TerminateAllSeqsNextStep => Request::TerminateAllSeqsNextStep,
+                        // llm-stream: the fault-injection request is passed on like the others.
+                        Request::InjectPanic => Request::InjectPanic,
                     };
 
                     if request_sender.send(req).await.is_err() {
@@ -194,6 +196,8 @@ pub fn ring_daemon_replicator(request_sender: Sender<Request>) {
                             continue;
                         }
                         Request::TerminateAllSeqsNextStep => Request::TerminateAllSeqsNextStep,
+                        // llm-stream: the fault-injection request is passed on like the others.
+                        Request::InjectPanic => Request::InjectPanic,
                     };
 
                     request_sender.send(req).await.unwrap();

@@ -266,6 +266,9 @@ pub enum Request {
     // and then Engine will be dropped.
     Terminate,
     TerminateAllSeqsNextStep,
+    /// llm-stream: makes the engine thread panic when it handles this request, as a bug in it
+    /// would. For tests of how a serving layer reports an engine failure; never sent otherwise.
+    InjectPanic,
 }
 
 impl Debug for Request {
@@ -295,6 +298,7 @@ impl Debug for Request {
             }
             Request::Terminate => write!(f, "Termination Request"),
             Request::TerminateAllSeqsNextStep => write!(f, "Terminate All Seqs Next Step"),
+            Request::InjectPanic => write!(f, "Injected Panic"),
         }
     }
 }

@@ -70,7 +70,6 @@ async fn run_one(engine: &Engine, request: &ChatCompletionRequest) -> Run {
                 }
             }
             EngineEvent::Error(error) => panic!("generation failed: {error}"),
-            _ => {}
         }
     }
     panic!("stream ended without a final event")

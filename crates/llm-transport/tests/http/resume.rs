@@ -166,11 +166,16 @@ async fn a_client_that_comes_back_within_the_grace_keeps_the_generation() {
 
 #[tokio::test]
 async fn the_replay_budget_refuses_new_resumable_streams_when_full() {
+    // A stream that sends its opening chunk, then waits: its log holds that chunk alone.
+    let waiting = || Script::words("tick tock").first_token_delay(Duration::from_secs(30));
+    let probe = scripted(waiting(), TransportConfig::default()).await;
+    let opening = read_some(probe.address, &post("/v1/chat/completions", RESUMABLE), 1).await;
+    // A budget the one opening chunk fills (response ids and times have fixed widths).
     let mut config = TransportConfig::default();
-    config.resume.budget = 1;
-    let slow = Script::words(&"tick ".repeat(50)).interval(Duration::from_millis(20));
-    let test = scripted(slow, config).await;
-    let _live = read_some(test.address, &post("/v1/chat/completions", RESUMABLE), 1).await;
+    config.resume.budget = opening[0].len();
+    let test = scripted(waiting(), config).await;
+    let live = read_some(test.address, &post("/v1/chat/completions", RESUMABLE), 1).await;
+    assert_eq!(live[0].len(), opening[0].len());
     let refused = exchange(test.address, &post("/v1/chat/completions", RESUMABLE)).await;
     assert_eq!(refused.status, 503);
     assert_eq!(
@@ -179,12 +184,42 @@ async fn the_replay_budget_refuses_new_resumable_streams_when_full() {
     );
     // Streams that do not ask for resume are unaffected.
     let plain = r#"{"stream":true,"max_tokens":2,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut config = TransportConfig::default();
+    config.resume.budget = 1;
+    let test = scripted(Script::words("One two."), config).await;
     assert_eq!(
         exchange(test.address, &post("/v1/chat/completions", plain))
             .await
             .status,
         200
     );
+}
+
+/// The budget holds for streams already running: a live log that would pass it ends with an
+/// error event and `[DONE]`, and its generation is cancelled. The log never holds more than
+/// the budget but for those two events.
+#[tokio::test]
+async fn a_resumable_stream_that_outgrows_the_replay_budget_ends_with_an_error() {
+    let mut config = TransportConfig::default();
+    config.resume.budget = 4096;
+    let long = Script::words(&"tick ".repeat(400)).interval(Duration::from_millis(1));
+    let test = scripted(long, config).await;
+    let response = exchange(test.address, &post("/v1/chat/completions", RESUMABLE)).await;
+    assert_eq!(response.status, 200);
+    let frames = frames(&response);
+    let (kept, last) = frames.split_at(frames.len() - 2);
+    assert!(kept.len() > 2, "some ticks before the cut: {frames:?}");
+    let kept_bytes: usize = kept.iter().map(String::len).sum();
+    assert!(kept_bytes <= 4096, "{kept_bytes} bytes kept");
+    assert!(
+        last[0].contains(r#""code":"replay_budget_exhausted""#) && last[0].contains(r#""error":"#),
+        "{}",
+        last[0]
+    );
+    assert!(last[1].ends_with("data: [DONE]\n\n"), "{}", last[1]);
+    test.wait_idle().await;
+    let stats = test.engine.stats();
+    assert_eq!((stats.cancelled, stats.finished), (1, 0), "{stats:?}");
 }
 
 #[tokio::test]

@@ -261,6 +261,48 @@ async fn connections_beyond_the_limit_get_503_at_once() {
     panic!("the connection slot was not released");
 }
 
+/// A flood of connections past the limit: each one gets its 503 and is closed, and none of
+/// them holds a task on the server (a connect flood cannot grow tasks past the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flood_past_the_limit_holds_no_task() {
+    let mut config = TransportConfig::default();
+    config.max_connections = 2;
+    let test = scripted(words(), config).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut connection = send(test.address, &get("/health")).await;
+        assert_eq!(read_head(&mut connection).await.0, 200);
+        held.push(connection);
+    }
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    // Clients that connect and never read: their sockets stay open on this side.
+    let mut flood = Vec::new();
+    let mut most = before;
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(test.address).await.expect("connect"));
+        most = most.max(metrics.num_alive_tasks());
+    }
+    assert!(
+        most <= before + 1,
+        "{before} tasks before the flood, {most} during it"
+    );
+    // Every one of them was answered and closed by the server.
+    for mut socket in flood {
+        let mut answer = String::new();
+        socket
+            .read_to_string(&mut answer)
+            .await
+            .expect("the 503, then the close");
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(
+            answer.contains(r#""code":"too_many_connections""#),
+            "{answer}"
+        );
+    }
+    drop(held);
+}
+
 #[tokio::test]
 async fn a_slow_non_streaming_request_times_out_with_504_and_is_cancelled() {
     let mut config = TransportConfig::default();

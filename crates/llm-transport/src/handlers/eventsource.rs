@@ -2,22 +2,23 @@
 //! with the question in the query string and reconnects by itself with `Last-Event-ID`.
 //! Every such stream is resumable.
 
-use std::sync::Arc;
-
 use http::{Request, Response};
 use llm_protocol::ChatCompletionRequest;
 use serde_json::{json, Map, Value};
 
+use super::chat::chat_stream;
+use super::resume::resume;
 use crate::body::ResponseBody;
 use crate::error::Result;
-use crate::routes::{event_position, last_event_id, resume, retry_prelude, start_stream, State};
-use crate::sse::RequestInfo;
+use crate::http::{event_position, last_event_id, retry_prelude, RequestInfo};
+use crate::state::State;
 
 /// How long a browser waits before reconnecting a dropped stream, in milliseconds.
 const RECONNECT_MILLIS: u64 = 1000;
 
-pub(crate) fn handle<B>(
-    state: &Arc<State>,
+/// A new stream from the query string, or, with `Last-Event-ID`, the rest of one.
+pub(crate) fn eventsource<B>(
+    state: &State,
     request: &Request<B>,
     info: &RequestInfo,
 ) -> Result<Response<ResponseBody>> {
@@ -27,7 +28,7 @@ pub(crate) fn handle<B>(
         return resume(state, id, Some(number), prelude);
     }
     let chat = request_from_query(request.uri().query().unwrap_or(""))?;
-    start_stream(state, &chat, info, true, prelude)
+    chat_stream(state, &chat, info, true, prelude)
 }
 
 /// Builds the chat request from `q` (one user message) or `messages` (a JSON array), and the

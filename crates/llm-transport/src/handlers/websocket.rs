@@ -12,18 +12,19 @@ use hyper_util::rt::TokioIo;
 use llm_engine::EngineEvent;
 use llm_protocol::ws::{ClientMessage, ServerMessage};
 use llm_protocol::FinishReason;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::generate::start_generation;
 use crate::body::ResponseBody;
+use crate::connection::ConnectionSlot;
 use crate::error::{Error, Result};
-use crate::routes::{submit, State};
-use crate::server::ConnectionSlot;
-use crate::sse::{Generation, RequestInfo};
+use crate::http::RequestInfo;
+use crate::state::State;
+use crate::stream::{Generation, KeepAlive};
 
 /// Checks the handshake and answers 101; the session runs once hyper hands over the socket.
 pub(crate) fn upgrade<B: Send + 'static>(
@@ -62,12 +63,13 @@ pub(crate) fn upgrade<B: Send + 'static>(
     let upgrade = hyper::upgrade::on(&mut request);
     let session_state = Arc::clone(state);
     let info = info.clone();
-    state.tasks.spawn(async move {
+    state.shutdown().spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
+                let limit = session_state.config().body_limit;
                 let config = WebSocketConfig::default()
-                    .max_message_size(Some(session_state.config.body_limit))
-                    .max_frame_size(Some(session_state.config.body_limit));
+                    .max_message_size(Some(limit))
+                    .max_frame_size(Some(limit));
                 let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
@@ -99,7 +101,7 @@ fn check_origin(state: &State, headers: &HeaderMap) -> Result<()> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    if state.cors.allowed_origin(headers).is_some() {
+    if state.cors().allowed_origin(headers).is_some() {
         return Ok(());
     }
     let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
@@ -154,24 +156,23 @@ impl Session {
     }
 
     async fn run(mut self) {
-        let keep_alive = self.state.config.keep_alive_interval;
-        let mut deadline = self.state.deadline();
-        let mut draining = self.state.draining.subscribe();
-        let mut quiet_since = Instant::now();
+        let mut keep_alive = KeepAlive::new(self.state.config().keep_alive_interval);
+        let deadline = self.state.shutdown().deadline();
+        let draining = self.state.shutdown().draining();
         loop {
             // Shutting down: an idle socket closes now, a busy one after its turn.
-            if *draining.borrow_and_update() && self.current.is_none() {
+            if draining.is_cancelled() && self.current.is_none() {
                 self.close_going_away().await;
                 return;
             }
             let step = tokio::select! {
                 biased;
-                _ = draining.changed() => Step::Continue,
-                () = deadline.reached() => {
+                () = draining.cancelled(), if self.current.is_none() => Step::Continue,
+                () = deadline.cancelled() => {
                     if let Some(mut generation) = self.current.take() {
                         generation.cancel("server shutting down");
                         drop(generation);
-                        let error = Error::Engine(llm_engine::Error::ShuttingDown);
+                        let error = Error::ShuttingDown;
                         let _ = self.send(&ServerMessage::Error { error: error.to_api_error() }).await;
                     }
                     self.close_going_away().await;
@@ -183,14 +184,14 @@ impl Session {
                     Some(Err(_)) | None => Step::Close,
                 },
                 event = next_event(&mut self.current) => self.on_event(event).await,
-                () = tokio::time::sleep_until(quiet_since + keep_alive) => {
+                () = keep_alive.due() => {
                     match self.socket.send(Message::Ping(Default::default())).await {
                         Ok(()) => Step::Continue,
                         Err(_) => Step::Close,
                     }
                 }
             };
-            quiet_since = Instant::now();
+            keep_alive.sent();
             if matches!(step, Step::Close) {
                 if let Some(generation) = &mut self.current {
                     generation.cancel("socket closed");
@@ -233,7 +234,7 @@ impl Session {
                     endpoint: self.info.endpoint,
                     received: std::time::Instant::now(),
                 };
-                match submit(&self.state, &request, &info, false) {
+                match start_generation(&self.state, &request, &info) {
                     Ok((generation, _)) => {
                         self.current = Some(generation);
                         Step::Continue
@@ -260,7 +261,6 @@ impl Session {
                     error: Error::Engine(error).to_api_error(),
                 }
             }
-            Some(_) => return Step::Continue,
             None => {
                 self.current = None;
                 return Step::Continue;

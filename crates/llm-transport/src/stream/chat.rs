@@ -1,0 +1,158 @@
+//! The OpenAI chat-completions stream.
+//!
+//! The first chunk's delta is `{"role":"assistant","content":""}`, then one chunk per delta,
+//! then a chunk with `finish_reason`, then (with `stream_options.include_usage`) a chunk with
+//! `"choices": []` and `usage`, then `data: [DONE]`. An error after the stream started is sent
+//! as `data: {"error": {...}}` followed by `data: [DONE]`. Events of resumable streams carry
+//! `id: RESPONSE:N`.
+
+use bytes::Bytes;
+use llm_engine::Finish;
+use llm_protocol::{ChatCompletionChunk, ChunkChoice, Delta, ErrorBody, FinishReason, Role, Usage};
+
+use super::encoder::Encoder;
+use super::frame::Framer;
+use crate::error::Error;
+
+/// What every chunk of one response repeats.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkMeta {
+    pub(crate) id: String,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+    pub(crate) include_usage: bool,
+}
+
+impl ChunkMeta {
+    fn chunk(&self, delta: Delta, finish_reason: Option<FinishReason>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".to_owned(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason,
+            }],
+            usage: None,
+        }
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            choices: Vec::new(),
+            usage: Some(usage),
+            ..self.chunk(Delta::default(), None)
+        }
+    }
+}
+
+/// Encodes one chat-completions stream.
+#[derive(Debug)]
+pub(crate) struct ChunkEncoder {
+    meta: ChunkMeta,
+    framer: Framer,
+    /// `data: ` and a delta chunk's JSON up to its content string: the same for every delta of
+    /// the response, rendered once.
+    delta_prefix: String,
+}
+
+/// What follows the content string in a delta chunk's JSON.
+const DELTA_SUFFIX: &str = "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+
+impl ChunkEncoder {
+    pub(crate) fn new(meta: ChunkMeta, resumable: bool) -> Self {
+        let json = |text: &str| serde_json::to_string(text).expect("strings serialize");
+        let delta_prefix = format!(
+            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\
+             \"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
+            json(&meta.id),
+            meta.created,
+            json(&meta.model)
+        );
+        Self {
+            framer: Framer::new(&meta.id, resumable),
+            meta,
+            delta_prefix,
+        }
+    }
+
+    fn end(&mut self, reason: FinishReason, usage: Option<Usage>) -> Vec<Bytes> {
+        let chunk = self.meta.chunk(Delta::default(), Some(reason));
+        let mut frames = vec![self.framer.json(None, &chunk)];
+        if let Some(usage) = usage.filter(|_| self.meta.include_usage) {
+            let chunk = self.meta.usage_chunk(usage);
+            frames.push(self.framer.json(None, &chunk));
+        }
+        frames.push(self.framer.done());
+        frames
+    }
+}
+
+impl Encoder for ChunkEncoder {
+    /// The assistant role and empty content.
+    fn open(&mut self) -> Vec<Bytes> {
+        let delta = Delta {
+            role: Some(Role::Assistant),
+            content: Some(String::new()),
+        };
+        let chunk = self.meta.chunk(delta, None);
+        vec![self.framer.json(None, &chunk)]
+    }
+
+    /// Byte for byte what serializing the chunk gives, without building it.
+    fn delta(&mut self, text: &str) -> Bytes {
+        self.framer
+            .text_event(&self.delta_prefix, text, DELTA_SUFFIX)
+    }
+
+    fn finish(&mut self, finish: &Finish) -> Vec<Bytes> {
+        self.end(finish.reason.clone(), Some(finish.usage))
+    }
+
+    fn cancelled(&mut self) -> Vec<Bytes> {
+        self.end(FinishReason::Cancelled, None)
+    }
+
+    fn error(&mut self, error: &Error) -> Vec<Bytes> {
+        let body = ErrorBody::from(error.to_api_error());
+        vec![self.framer.json(None, &body), self.framer.done()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rendered delta frame is exactly what encoding the chunk gives.
+    #[test]
+    fn fast_delta_frames_equal_serialized_chunks() {
+        for resumable in [false, true] {
+            let meta = ChunkMeta {
+                id: "chatcmpl-\"odd\\id".to_owned(),
+                created: 1_700_000_000,
+                model: "Model \u{e9}\n".to_owned(),
+                include_usage: false,
+            };
+            let mut fast = ChunkEncoder::new(meta.clone(), resumable);
+            let mut slow = Framer::new(&meta.id, resumable);
+            for text in [
+                "Hello",
+                " \"quoted\"",
+                "line\nbreak\r\t",
+                "\u{1}\u{1f}",
+                "한국어 😀",
+                "",
+            ] {
+                let delta = Delta {
+                    role: None,
+                    content: Some(text.to_owned()),
+                };
+                let expected = slow.json(None, &meta.chunk(delta, None));
+                assert_eq!(fast.delta(text), expected, "{text:?}");
+            }
+        }
+    }
+}

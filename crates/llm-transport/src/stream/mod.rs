@@ -1,0 +1,20 @@
+//! Streaming one generation to clients.
+//!
+//! A [`Generation`] is the engine's events for one request, with its metrics and log line. An
+//! [`Encoder`] turns those events into a dialect's frames: [`ChunkEncoder`] writes OpenAI chat
+//! chunks. [`pump`] writes the frames straight to one client; [`produce`] appends them to a
+//! replay log that any number of clients read with [`follow`]. Every silent stream gets
+//! keep-alives on one [`KeepAlive`] clock.
+
+mod chat;
+mod encoder;
+mod frame;
+mod generation;
+mod keep_alive;
+mod pump;
+
+pub(crate) use chat::{ChunkEncoder, ChunkMeta};
+pub(crate) use encoder::Encoder;
+pub(crate) use generation::Generation;
+pub(crate) use keep_alive::KeepAlive;
+pub(crate) use pump::{follow, produce, pump};
