@@ -141,9 +141,12 @@ fn bench() -> Result<()> {
             "--write-docs",
         ]))
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
+    if let Some(pid) = i32::try_from(server.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
     let _ = server.wait();
     result?;
     run(Command::new(debug_binary("llm-bench")?).args(["transport", "--write-docs"]))
@@ -194,8 +197,9 @@ fn client_tests() -> Result<()> {
     .collect();
     if !missing.is_empty() {
         bail!(
-            "the real-client tests need {} (`.ci/run` installs them: `python3 -m pip install -r \
-             tests/clients/requirements.txt` and `apt-get install -y chromium nginx`)",
+            "the real-client tests need {} (`.ci/run` installs them: `pip install -r \
+             tests/clients/requirements.txt` in a virtual environment first on PATH, and \
+             `apt-get install -y chromium nginx`)",
             missing.join(", ")
         );
     }
@@ -260,14 +264,17 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     run(&mut command)
 }
 
+/// Runs a command to its end, and says how long it took: where the time of a CI run goes.
 fn run(command: &mut Command) -> Result<()> {
     eprintln!("xtask: {command:?}");
+    let started = std::time::Instant::now();
     let status = command
         .status()
         .with_context(|| format!("could not start {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed with {status}");
     }
+    eprintln!("xtask: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -77,12 +77,7 @@ impl ChildServer {
 
     /// Sends SIGTERM and waits for the exit status.
     pub(crate) fn terminate(mut self, within: Duration) -> anyhow::Result<i32> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
+        terminate(self.child.id())?;
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -102,4 +97,14 @@ impl Drop for ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends SIGTERM to a process.
+pub(crate) fn terminate(pid: u32) -> anyhow::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| anyhow::anyhow!("{pid} is not a process id"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .map_err(|error| anyhow::anyhow!("SIGTERM to {pid:?} failed: {error}"))
 }

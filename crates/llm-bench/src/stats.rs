@@ -95,7 +95,7 @@ pub(crate) fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th
-    // fields of the line, in clock ticks (100 per second on Linux).
+    // fields of the line, in clock ticks.
     let after = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
@@ -107,7 +107,8 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
             .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
             .parse::<f64>()?)
     };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
+    let per_second = rustix::param::clock_ticks_per_second() as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_second)
 }
 
 #[cfg(test)]

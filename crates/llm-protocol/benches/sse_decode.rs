@@ -19,19 +19,12 @@ use llm_protocol::{ChatCompletionChunk, ChunkChoice, Delta};
 const STREAM_BYTES: usize = 64 << 20;
 const ROUNDS: usize = 5;
 
-/// xorshift64: deterministic pieces and tokens without a dependency.
-struct Rng(u64);
+/// Deterministic pieces and tokens: the same stream on every machine.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.usize(..n)
     }
 }
 
@@ -158,7 +151,7 @@ fn mib_per_s(bytes: usize, time: Duration) -> f64 {
 }
 
 fn main() {
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let mut rng = Rng(fastrand::Rng::with_seed(0x5eed_cafe_f00d_d00d));
     let (wire, events, data_bytes) = build_stream(&mut rng);
     let pieces = split(&wire, &mut rng);
     println!(

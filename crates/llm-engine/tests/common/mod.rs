@@ -33,18 +33,8 @@ pub(crate) async fn answers_sensibly(engine: &Engine) -> Completion {
     answer
 }
 
-/// Deterministic values in -1..1 (a linear congruential generator: no dependency, same on every
-/// machine).
+/// Deterministic values in -1..1, the same on every machine for a seed.
 pub(crate) fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            #[allow(clippy::cast_precision_loss)]
-            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-            unit * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..count).map(|_| rng.f32() * 2.0 - 1.0).collect()
 }

@@ -11,26 +11,16 @@ use super::*;
 
 const STREAM: &str = r#"{"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
-/// A small deterministic generator, so that a failure can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disconnect_storm_cancels_every_generation_within_a_second() {
+async fn a_disconnect_storm_cancels_every_generation() {
+    // Each generation would run for 400 tokens at 5 ms, two seconds: one that finishes was
+    // not cancelled when its client left.
     let script = Script::words(&"word ".repeat(400)).interval(Duration::from_millis(5));
     let test = scripted(script, TransportConfig::default()).await;
-    let mut random = Lcg(7);
+    // Seeded, so that a failure can be replayed.
+    let mut random = fastrand::Rng::with_seed(7);
     let clients = (0..100).map(|_| {
-        let chunks = 1 + random.below(20);
+        let chunks = random.usize(1..=20);
         let address = test.address;
         async move {
             let mut reader = send(address, &post("/v1/chat/completions", STREAM)).await;
@@ -42,18 +32,20 @@ async fn a_disconnect_storm_cancels_every_generation_within_a_second() {
         }
     });
     join_all(clients).await;
-    let dropped = std::time::Instant::now();
-    loop {
+    // A bound on the wait, so that a hang fails rather than blocks; not a speed claim.
+    for _ in 0..1000 {
         let stats = test.engine.stats();
         if stats.running == 0 && stats.cancelled == 100 {
             break;
         }
-        assert!(
-            dropped.elapsed() < Duration::from_secs(1),
-            "not all cancelled within a second: {stats:?}"
-        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let stats = test.engine.stats();
+    assert_eq!(
+        (stats.running, stats.cancelled, stats.finished),
+        (0, 100, 0),
+        "every generation cancelled, none run to its end: {stats:?}"
+    );
     // Connections are released too: only the scrape's own is open.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let metrics =
@@ -74,11 +66,9 @@ async fn a_thousand_idle_sockets_do_not_stop_new_requests() {
     for _ in 0..1000 {
         idle.push(TcpStream::connect(test.address).await.expect("connect"));
     }
-    let started = std::time::Instant::now();
     let response = exchange(test.address, &post("/v1/chat/completions", STREAM)).await;
     assert_eq!(response.status, 200);
     assert_eq!(streamed_text(&frames(&response)), "Still here.");
-    assert!(started.elapsed() < Duration::from_secs(2));
     drop(idle);
 }
 

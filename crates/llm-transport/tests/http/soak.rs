@@ -24,21 +24,17 @@ use tokio_tungstenite::tungstenite::Message;
 use super::websocket::{connect, receive};
 use super::*;
 
-/// splitmix64: small, seedable, and the same sequence on every machine.
-struct Rng(u64);
+/// The schedule's seeded generator, with the draws the schedule makes.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Self {
+        Self(fastrand::Rng::with_seed(seed))
     }
 
     /// A number in `0..n`.
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.usize(..n)
     }
 
     fn chance(&mut self, percent: usize) -> bool {
@@ -194,7 +190,7 @@ impl Schedule {
                     delay: Duration::from_millis(if spread == 0 {
                         0
                     } else {
-                        self.rng.next() % spread
+                        self.rng.0.u64(..spread)
                     }),
                     cancel_after,
                 }
@@ -361,7 +357,7 @@ async fn soak_batched_answers_equal_solo_answers() {
     eprintln!("soak: seed {seed}, {seconds} s (LLM_STREAM_SOAK_SEED={seed} repeats this schedule)");
     let test = start(Engine::builder(), TransportConfig::default()).await;
     let mut schedule = Schedule {
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         history: Vec::new(),
     };
     let mut solo: HashMap<String, Answer> = HashMap::new();

@@ -231,13 +231,14 @@ async fn an_idle_socket_closes_at_once_when_shutdown_begins() {
     let mut test = scripted_with_grace(
         Script::words("Hi."),
         TransportConfig::default(),
-        Duration::from_secs(10),
+        // Longer than any test runs: returning at all shows that nothing waited for it.
+        Duration::from_secs(3600),
     )
     .await;
     let mut socket = connect(test.address, "").await;
-    let started = std::time::Instant::now();
     test.shut_down();
-    let message = tokio::time::timeout(Duration::from_secs(2), socket.next())
+    // Bounds on the waits, so that a hang fails rather than blocks; not speed claims.
+    let message = tokio::time::timeout(Duration::from_secs(60), socket.next())
         .await
         .expect("a close frame in time")
         .expect("a frame")
@@ -247,10 +248,9 @@ async fn an_idle_socket_closes_at_once_when_shutdown_begins() {
     };
     assert_eq!(u16::from(frame.code), 1001);
     drop(socket);
-    tokio::time::timeout(Duration::from_secs(2), &mut test.serving)
+    tokio::time::timeout(Duration::from_secs(60), &mut test.serving)
         .await
         .expect("serve returns without waiting for the grace")
         .expect("no panic")
         .expect("no error");
-    assert!(started.elapsed() < Duration::from_secs(3));
 }
