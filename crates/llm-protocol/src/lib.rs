@@ -8,6 +8,10 @@
 //!   incremental decoder exact to the WHATWG rules, linear in time and bounded in memory.
 //! - [`ChatStreamDecoder`]: raw stream bytes in, typed chunks out.
 //! - [`ws`]: the messages of the `/ws/chat` WebSocket.
+//! - The other dialects: [`completions`] (`/v1/completions`), [`responses`] (OpenAI's
+//!   Responses API) and [`anthropic`] (Anthropic's Messages API), each with its request, its
+//!   answer and its stream events.
+//! - [`GenerateRequest`]: what every dialect's request becomes for the engine.
 //!
 //! The crate depends on no async runtime, HTTP stack or inference engine, so any Rust program
 //! (a client, a proxy, a test) can use it alone.
@@ -35,14 +39,20 @@
 //! # Ok::<(), llm_protocol::Error>(())
 //! ```
 
+pub mod anthropic;
+pub mod completions;
 mod error;
+mod generate;
+mod parse;
 mod request;
+pub mod responses;
 pub mod sse;
 mod stream;
 mod types;
 pub mod ws;
 
 pub use error::{Error, Result};
+pub use generate::{GenerateRequest, Prompt, MAX_ENGINE_STOP_SEQUENCES};
 pub use request::{
     ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, StreamOptions, MAX_CHOICES,
     MAX_STOP_SEQUENCES,

@@ -9,6 +9,10 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+use crate::parse::{
+    self, check_choices, check_resumable, check_sampling, check_stops, check_token_limit,
+    null_as_default, one_or_many,
+};
 use crate::types::Role;
 
 /// The most stop sequences a request may carry, as in OpenAI's API.
@@ -198,33 +202,6 @@ impl<'de> Deserialize<'de> for PartSeed {
     }
 }
 
-fn one_or_many<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    match Option::<serde_json::Value>::deserialize(deserializer)? {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(value) => match OneOrMany::deserialize(value) {
-            Ok(OneOrMany::One(one)) => Ok(Some(vec![one])),
-            Ok(OneOrMany::Many(many)) => Ok(Some(many)),
-            Err(_) => Err(D::Error::custom("expected a string or an array of strings")),
-        },
-    }
-}
-
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
-
 impl ChatCompletionRequest {
     /// Parses and validates a request body.
     ///
@@ -232,46 +209,7 @@ impl ChatCompletionRequest {
     /// [`Error::InvalidRequest`] when the body is not JSON, a field has the wrong type, or a
     /// value is out of range. `param` names the field, and the message says what was expected.
     pub fn from_json(body: &[u8]) -> Result<Self> {
-        let mut json = serde_json::Deserializer::from_slice(body);
-        let request: Self = serde_path_to_error::deserialize(&mut json).map_err(|error| {
-            let path = error.path().to_string();
-            let inner = error.into_inner();
-            let detail = strip_position(&inner);
-            // A missing field is named by its own path, not its parent's.
-            let missing = detail
-                .strip_prefix("missing field `")
-                .and_then(|rest| rest.strip_suffix('`'));
-            if let (".", Some(field)) = (path.as_str(), missing) {
-                Error::invalid_param(field.to_owned(), format!("`{field}` is required"))
-            } else if path != "."
-                && inner.is_syntax()
-                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
-            {
-                // serde_json reports some wrong types (a number where an enum's name belongs)
-                // as syntax errors; in a body that is valid JSON they are the field's fault.
-                Error::invalid_param(path.clone(), format!("`{path}` has an invalid value"))
-            } else if inner.is_syntax() || inner.is_eof() || path == "." {
-                let message = if inner.is_data() {
-                    format!("invalid request body: {inner}")
-                } else {
-                    format!("request body is not valid JSON: {inner}")
-                };
-                Error::InvalidRequest {
-                    param: None,
-                    message,
-                }
-            } else {
-                let path = match missing {
-                    Some(field) => format!("{path}.{field}"),
-                    None => path,
-                };
-                Error::invalid_param(path.clone(), format!("`{path}`: {detail}"))
-            }
-        })?;
-        json.end().map_err(|inner| Error::InvalidRequest {
-            param: None,
-            message: format!("request body is not valid JSON: {inner}"),
-        })?;
+        let request: Self = parse::from_json(body)?;
         request.validate()?;
         Ok(request)
     }
@@ -287,52 +225,21 @@ impl ChatCompletionRequest {
                 "`messages` must contain at least one message",
             ));
         }
-        check_range("temperature", self.temperature, 0.0, 2.0)?;
-        check_range("top_p", self.top_p, 0.0, 1.0)?;
-        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
-        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
-        for (name, value) in [
-            ("max_tokens", self.max_tokens),
-            ("max_completion_tokens", self.max_completion_tokens),
-        ] {
-            if value == Some(0) {
-                return Err(Error::invalid_param(
-                    name,
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
-        if let Some(n) = self.n {
-            if !(1..=MAX_CHOICES).contains(&n) {
-                return Err(Error::invalid_param(
-                    "n",
-                    format!("`n` must be between 1 and {MAX_CHOICES}, got {n}"),
-                ));
-            }
-        }
-        if self.resumable && !self.stream {
-            return Err(Error::invalid_param(
-                "resumable",
-                "`resumable` applies to streams only; set `stream` to true",
-            ));
-        }
-        if let Some(stop) = &self.stop {
-            if stop.len() > MAX_STOP_SEQUENCES {
-                return Err(Error::invalid_param(
-                    "stop",
-                    format!(
-                        "`stop` may hold at most {MAX_STOP_SEQUENCES} sequences, got {}",
-                        stop.len()
-                    ),
-                ));
-            }
-            if let Some(index) = stop.iter().position(String::is_empty) {
-                return Err(Error::invalid_param(
-                    format!("stop[{index}]"),
-                    "stop sequences must not be empty",
-                ));
-            }
-        }
+        check_sampling(
+            self.temperature,
+            self.top_p,
+            self.presence_penalty,
+            self.frequency_penalty,
+        )?;
+        check_token_limit("max_tokens", self.max_tokens)?;
+        check_token_limit("max_completion_tokens", self.max_completion_tokens)?;
+        check_choices(self.n)?;
+        check_resumable(self.resumable, self.stream)?;
+        check_stops(
+            "stop",
+            self.stop.as_deref().unwrap_or_default(),
+            MAX_STOP_SEQUENCES,
+        )?;
         for (index, message) in self.messages.iter().enumerate() {
             if message.content.is_none() && message.role != Role::Assistant {
                 return Err(Error::invalid_param(
@@ -356,25 +263,6 @@ impl ChatCompletionRequest {
     pub fn include_usage(&self) -> bool {
         self.stream_options
             .is_some_and(|options| options.include_usage)
-    }
-}
-
-fn check_range(name: &str, value: Option<f64>, min: f64, max: f64) -> Result<()> {
-    match value {
-        Some(value) if !(min..=max).contains(&value) => Err(Error::invalid_param(
-            name,
-            format!("`{name}` must be between {min} and {max}, got {value}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// serde_json appends " at line L column C" to data errors; the field path says more.
-fn strip_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    match text.rfind(" at line ") {
-        Some(cut) => text[..cut].to_owned(),
-        None => text,
     }
 }
 
