@@ -8,7 +8,7 @@ and the built-in chat page), nginx in front of the server (with deploy/nginx/llm
 and the `websockets` package. Every request uses temperature 0, so answers are deterministic and
 each streamed answer is compared with the non-streaming answer to the same request.
 
-    python3 tests/clients/run.py --server-bin PATH [--only openai,browser,nginx,ws]
+    python3 tests/clients/run.py --server-bin PATH [--only openai,dialects,browser,nginx,ws]
 
 Prints one PASS/FAIL/SKIP line per test and exits 1 if any test failed.
 """
@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_DIR = ROOT / "examples" / "browser"
 NGINX_SNIPPET = ROOT / "deploy" / "nginx" / "llm-stream.conf"
-SUITES = ("openai", "browser", "nginx", "ws", "examples")
+SUITES = ("openai", "dialects", "browser", "nginx", "ws", "examples")
 
 HOST = "127.0.0.1"
 SHUTDOWN_GRACE_SECS = 5
@@ -927,6 +927,196 @@ def test_resume_unknown(ctx: Context) -> str:
 # Suite 2: Chromium through Playwright
 
 
+# ---------------------------------------------------------------------------------------------
+# The other dialects: completions and the Responses API through `openai`, Messages through
+# `anthropic`. Each streamed answer must equal the whole answer to the same request.
+
+# A raw prompt for /v1/completions: no chat template, the text is continued.
+COMPLETION_PROMPT = "The three primary colors are"
+COMPLETION_MAX_TOKENS = 40
+
+
+def dialects_suite(ctx: Context) -> None:
+    r = ctx.results
+    try:
+        import anthropic  # noqa: F401
+        import openai  # noqa: F401
+    except ImportError as error:
+        r.record("dialects", "FAIL", f"{error.name} is missing: pip install -r tests/clients/requirements.txt")
+        return
+    r.run("completions.stream_equals_whole", test_completions_stream, ctx)
+    r.run("responses.create_stream_equals_whole", test_responses_create_stream, ctx)
+    r.run("responses.stream_helper", test_responses_stream_helper, ctx)
+    r.run("responses.resume_with_retrieve", test_responses_resume, ctx)
+    r.run("anthropic.messages_stream_equals_create", test_anthropic_stream, ctx)
+    r.run("anthropic.async_stream_events", test_anthropic_async_events, ctx)
+    r.run("anthropic.count_tokens", test_anthropic_count_tokens, ctx)
+    r.run("anthropic.errors", test_anthropic_errors, ctx)
+
+
+def test_completions_stream(ctx: Context) -> str:
+    args = dict(model=ctx.model, prompt=COMPLETION_PROMPT, max_tokens=COMPLETION_MAX_TOKENS, temperature=0)
+    with sync_client(ctx) as client:
+        whole = client.completions.create(**args)
+        chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **args))
+    expect(whole.object == "text_completion", f"object {whole.object!r}")
+    expect(whole.id.startswith("cmpl-"), f"id {whole.id!r}")
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    same_text(text, whole.choices[0].text, "the streamed completion")
+    expect(not text.startswith("<|im_start|>") and "assistant" not in text[:20],
+           f"no chat template around a raw prompt: {text[:60]!r}")
+    finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason]
+    expect(finish == [whole.choices[0].finish_reason], f"finish reasons {finish}, whole {whole.choices[0].finish_reason!r}")
+    usage = chunks[-1].usage
+    expect(usage is not None and usage.completion_tokens == whole.usage.completion_tokens,
+           f"stream usage {usage}, whole {whole.usage}")
+    return f"{len(chunks)} chunks, {usage.completion_tokens} tokens"
+
+
+def test_responses_create_stream(ctx: Context) -> str:
+    args = dict(model=ctx.model, input=QUESTION, max_output_tokens=MAX_TOKENS, temperature=0)
+    with sync_client(ctx) as client:
+        whole = client.responses.create(**args)
+        events = list(client.responses.create(stream=True, **args))
+    expect(whole.object == "response" and whole.status == "completed", f"{whole.object} {whole.status}")
+    reference = ctx.reference_text(user(QUESTION), MAX_TOKENS)
+    same_text(whole.output_text, reference, "the Responses answer against chat")
+    types = [event.type for event in events]
+    expect(types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"], f"first events {types[:4]}")
+    expect(types[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"], f"last events {types[-4:]}")
+    numbers = [event.sequence_number for event in events]
+    expect(numbers == list(range(len(events))), f"sequence numbers {numbers[:8]}...")
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    same_text(text, whole.output_text, "the streamed deltas")
+    final = events[-1].response
+    expect(final.usage.output_tokens == whole.usage.output_tokens, f"usage {final.usage} vs {whole.usage}")
+    return f"{len(events)} events"
+
+
+def test_responses_stream_helper(ctx: Context) -> str:
+    args = dict(model=ctx.model, input=QUESTION, max_output_tokens=MAX_TOKENS, temperature=0)
+    with sync_client(ctx) as client:
+        whole = client.responses.create(**args)
+        deltas = 0
+        with client.responses.stream(**args) as stream:
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    deltas += 1
+            final = stream.get_final_response()
+    expect(deltas >= 3, f"only {deltas} deltas")
+    same_text(final.output_text, whole.output_text, "get_final_response()")
+    return f"{deltas} deltas"
+
+
+def test_responses_resume(ctx: Context) -> str:
+    args = dict(model=ctx.model, input=QUESTION, max_output_tokens=MAX_TOKENS, temperature=0)
+    with sync_client(ctx) as client:
+        whole = client.responses.create(**args)
+        before = []
+        stream = client.responses.create(stream=True, extra_body={"resumable": True}, **args)
+        for event in stream:
+            before.append(event)
+            if len(before) == 6:
+                break
+        stream.close()
+        response_id = before[0].response.id
+        after = list(client.responses.retrieve(response_id, stream=True, starting_after=before[-1].sequence_number))
+    numbers = [event.sequence_number for event in before + after]
+    expect(numbers == list(range(len(numbers))), f"no gap or duplicate: {numbers}")
+    text = "".join(event.delta for event in before + after if event.type == "response.output_text.delta")
+    same_text(text, whole.output_text, "the resumed stream")
+    expect(after[-1].type == "response.completed", f"ends with {after[-1].type}")
+    return f"resumed after {len(before)} events, {len(after)} more"
+
+
+# The current `anthropic` package takes no `temperature` argument; the Messages API field
+# still exists, so it goes in `extra_body`, as the SDK allows.
+GREEDY = {"temperature": 0}
+
+
+def anthropic_client(ctx: Context, api_key: str | None = None):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=ctx.base, api_key=api_key or ctx.api_key, max_retries=0, timeout=IO_TIMEOUT)
+
+
+def test_anthropic_stream(ctx: Context) -> str:
+    args = dict(model=ctx.model, max_tokens=MAX_TOKENS, system="You are a helpful assistant.",
+                messages=user(QUESTION), extra_body=GREEDY)
+    with anthropic_client(ctx) as client:
+        whole = client.messages.create(**args)
+        with client.messages.stream(**args) as stream:
+            pieces = list(stream.text_stream)
+            final = stream.get_final_message()
+    expect(whole.type == "message" and whole.role == "assistant", f"{whole.type} {whole.role}")
+    expect(whole.id.startswith("msg_"), f"id {whole.id!r}")
+    expect(whole.stop_reason == "end_turn", f"stop_reason {whole.stop_reason!r}")
+    text = "".join(pieces)
+    same_text(text, whole.content[0].text, "the streamed text")
+    same_text(final.content[0].text, whole.content[0].text, "get_final_message()")
+    expect(final.stop_reason == whole.stop_reason, f"final stop_reason {final.stop_reason!r}")
+    expect(final.usage.output_tokens == whole.usage.output_tokens and final.usage.input_tokens == whole.usage.input_tokens,
+           f"usage {final.usage} vs {whole.usage}")
+    return f"{len(pieces)} text pieces, {whole.usage.output_tokens} tokens"
+
+
+def test_anthropic_async_events(ctx: Context) -> str:
+    import anthropic
+
+    async def go():
+        client = anthropic.AsyncAnthropic(base_url=ctx.base, api_key=ctx.api_key, max_retries=0, timeout=IO_TIMEOUT)
+        try:
+            stream = await client.messages.create(model=ctx.model, max_tokens=8, messages=user(QUESTION),
+                                                  stream=True, extra_body=GREEDY)
+            return [event async for event in stream]
+        finally:
+            await client.close()
+
+    events = asyncio.run(go())
+    types = [event.type for event in events]
+    expect(types[:2] == ["message_start", "content_block_start"], f"first events {types[:2]}")
+    expect(types[-3:] == ["content_block_stop", "message_delta", "message_stop"], f"last events {types[-3:]}")
+    delta = events[-2]
+    expect(delta.delta.stop_reason == "max_tokens", f"stop_reason {delta.delta.stop_reason!r}")
+    expect(delta.usage.output_tokens == 8, f"usage {delta.usage}")
+    return " ".join(dict.fromkeys(types))
+
+
+def test_anthropic_count_tokens(ctx: Context) -> str:
+    with anthropic_client(ctx) as client:
+        counted = client.messages.count_tokens(model=ctx.model, messages=user(QUESTION))
+        answer = client.messages.create(model=ctx.model, max_tokens=4, messages=user(QUESTION), extra_body=GREEDY)
+    expect(counted.input_tokens == answer.usage.input_tokens,
+           f"count_tokens {counted.input_tokens}, usage {answer.usage.input_tokens}")
+    return f"{counted.input_tokens} input tokens"
+
+
+def test_anthropic_errors(ctx: Context) -> str:
+    import anthropic
+
+    with anthropic_client(ctx, api_key="wrong-" + secrets.token_hex(8)) as client:
+        try:
+            client.messages.create(model=ctx.model, max_tokens=4, messages=user("hi"))
+            raise AssertionError("a wrong key was accepted")
+        except anthropic.AuthenticationError as error:
+            expect(error.body["error"]["type"] == "authentication_error", f"body {error.body}")
+    with anthropic_client(ctx) as client:
+        try:
+            client.messages.create(model="no-such-model", max_tokens=4, messages=user("hi"))
+            raise AssertionError("an unknown model was accepted")
+        except anthropic.NotFoundError as error:
+            expect(error.body["error"]["type"] == "not_found_error", f"body {error.body}")
+        try:
+            client.messages.create(model=ctx.model, max_tokens=4, messages=user("hi"),
+                                   extra_body={"temperature": 1.5})
+            raise AssertionError("temperature 1.5 was accepted")
+        except anthropic.BadRequestError as error:
+            expect(error.body["error"]["type"] == "invalid_request_error", f"body {error.body}")
+    return "AuthenticationError, NotFoundError, BadRequestError"
+
+
 def find_chromium() -> str | None:
     for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
                       shutil.which("chromium-browser")):
@@ -1662,6 +1852,7 @@ def main() -> int:
         if r.run("server.start", server.wait_healthy) and r.run("server.models", fetch_model_name, ctx):
             runners = {
                 "openai": openai_suite,
+                "dialects": dialects_suite,
                 "browser": browser_suite,
                 "nginx": nginx_suite,
                 "ws": ws_suite,

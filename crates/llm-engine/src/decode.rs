@@ -27,6 +27,8 @@ pub(crate) enum Decoded {
     Finished {
         text: String,
         reason: FinishReason,
+        /// The stop sequence that ended the answer, if one did.
+        stop_sequence: Option<String>,
         usage: Usage,
     },
     /// The sequence ended without an answer to stand by.
@@ -59,15 +61,16 @@ impl ResponseDecoder {
     pub(crate) fn push(&mut self, chunk: Chunk<'_>) -> Decoded {
         self.tokens += 1;
         let (text, stopped) = match self.stops.push(chunk.text) {
-            Filtered::Pass(text) => (text, false),
-            Filtered::Stop(text) => (text, true),
+            Filtered::Pass(text) => (text, None),
+            Filtered::Stop { text, stop } => (text, Some(stop)),
         };
-        if stopped {
+        if let Some(stop) = stopped {
             // Our stop sequence ends the answer, whatever mistral.rs says of this token: the
             // counts are ours too, since mistral.rs's would include tokens after the cut.
             return Decoded::Finished {
                 text,
                 reason: FinishReason::Stop,
+                stop_sequence: Some(stop),
                 usage: self.usage(),
             };
         }
@@ -99,6 +102,7 @@ impl ResponseDecoder {
         Decoded::Finished {
             text: text + &self.stops.flush(),
             reason,
+            stop_sequence: None,
             usage,
         }
     }
@@ -138,10 +142,12 @@ mod tests {
             Decoded::Finished {
                 text,
                 reason,
+                stop_sequence,
                 usage,
             } => format!(
-                "{} {text:?} {}/{}",
+                "{}{} {text:?} {}/{}",
                 reason.as_str(),
+                stop_sequence.map_or_else(String::new, |stop| format!("({stop:?})")),
                 usage.prompt_tokens,
                 usage.completion_tokens
             ),
@@ -196,12 +202,12 @@ mod tests {
         check(
             &["END"],
             &[text("one E"), last("ND two", "length", Some((7, 9)))],
-            &["\"one \"", "stop \"\" 7/2"],
+            &["\"one \"", "stop(\"END\") \"\" 7/2"],
         );
         check(
             &["\n\n"],
             &[text("a\n"), last("\nb", "stop", Some((7, 2)))],
-            &["\"a\"", "stop \"\" 7/2"],
+            &["\"a\"", "stop(\"\\n\\n\") \"\" 7/2"],
         );
     }
 

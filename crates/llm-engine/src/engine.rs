@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use either::Either;
 use indexmap::IndexMap;
-use llm_protocol::{ChatCompletionRequest, Role};
+use llm_protocol::{GenerateRequest, Prompt, Role};
 use mistralrs::core::{MistralRsBuilder, TokenizationRequest};
 use mistralrs::{
     Constraint, DefaultSchedulerMethod, MistralRs, NormalRequest, Request, RequestMessage,
@@ -41,6 +41,49 @@ const MISTRAL_CHANNEL: usize = 32;
 
 /// Chat messages in the shape mistral.rs's chat template expects.
 type MistralMessages = Vec<IndexMap<String, mistralrs::MessageContent>>;
+
+/// A prompt in mistral.rs's terms.
+#[derive(Clone)]
+enum MistralPrompt {
+    /// Rendered with the chat template.
+    Chat(MistralMessages),
+    /// Tokenized as it is.
+    Text(String),
+}
+
+impl MistralPrompt {
+    fn message(&self) -> RequestMessage {
+        match self {
+            Self::Chat(messages) => RequestMessage::Chat {
+                messages: messages.clone(),
+                enable_thinking: None,
+                reasoning_effort: None,
+            },
+            Self::Text(text) => RequestMessage::Completion {
+                text: text.clone(),
+                echo_prompt: false,
+                best_of: None,
+            },
+        }
+    }
+
+    /// The request that counts this prompt's tokens exactly as mistral.rs will prefill them.
+    fn tokenize(&self, response: mpsc::Sender<anyhow::Result<Vec<u32>>>) -> Request {
+        let (text, add_generation_prompt) = match self {
+            Self::Chat(messages) => (Either::Left(messages.clone()), true),
+            Self::Text(text) => (Either::Right(text.clone()), false),
+        };
+        Request::Tokenize(TokenizationRequest {
+            text,
+            tools: None,
+            add_generation_prompt,
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response,
+        })
+    }
+}
 
 /// Called with the timings of every request that finishes (`stop` or `length`): the place to
 /// feed latency histograms (queue time, time to first token, inter-token latency, total).
@@ -388,9 +431,10 @@ impl Engine {
     ///
     /// A prompt too long for the context is reported as the stream's error event, since the
     /// prompt is measured with the model's tokenizer once the request runs.
-    pub fn submit(&self, request: &ChatCompletionRequest) -> Result<ChatStream> {
+    pub fn submit(&self, request: impl Into<GenerateRequest>) -> Result<ChatStream> {
+        let request = request.into();
         request.validate()?;
-        let job = Job::from_request(request)?;
+        let job = Job::from_request(&request)?;
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
@@ -419,18 +463,38 @@ impl Engine {
         inner.runtime.spawn(task.run());
         Ok(ChatStream::new(receiver, terminal))
     }
+
+    /// Counts the tokens of `request`'s prompt as the model reads it (after the chat template
+    /// for a conversation), without generating: what `usage.prompt_tokens` of the same
+    /// request reports. It takes no running slot.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] for a request that does not validate,
+    /// [`Error::ShuttingDown`] after [`close`](Self::close), [`Error::Generation`] when
+    /// mistral.rs cannot tokenize it.
+    pub async fn count_tokens(&self, request: impl Into<GenerateRequest>) -> Result<usize> {
+        let request = request.into();
+        request.validate()?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let (sender, mut receiver) = mpsc::channel(1);
+        let tokenize = mistral_prompt(&request.prompt).tokenize(sender);
+        self.inner.send_to_mistral(tokenize).await?;
+        token_count(receiver.recv().await)
+    }
 }
 
 /// What a request asks mistral.rs to do, converted once at submission.
 struct Job {
-    messages: MistralMessages,
+    prompt: MistralPrompt,
     sampling: SamplingParams,
     max_tokens: Option<usize>,
     stops: Vec<String>,
 }
 
 impl Job {
-    fn from_request(request: &ChatCompletionRequest) -> Result<Self> {
+    fn from_request(request: &GenerateRequest) -> Result<Self> {
         if request.n.is_some_and(|n| n != 1) {
             return Err(Error::Unsupported {
                 param: "n",
@@ -444,26 +508,12 @@ impl Job {
                          reproducible output",
             });
         }
-        let messages = request
-            .messages
-            .iter()
-            .map(|message| {
-                let role = match message.role {
-                    // Chat templates know `system`; `developer` is its newer name.
-                    Role::Developer => "system",
-                    other => other.as_str(),
-                };
-                IndexMap::from([
-                    ("role".to_owned(), Either::Left(role.to_owned())),
-                    ("content".to_owned(), Either::Left(message.text())),
-                ])
-            })
-            .collect();
+        let prompt = mistral_prompt(&request.prompt);
         let sampling = SamplingParams {
             // OpenAI's default temperature is 1; 0 means greedy, which mistral.rs maps to argmax.
             temperature: Some(request.temperature.unwrap_or(1.0)),
             top_p: request.top_p,
-            top_k: None,
+            top_k: request.top_k.map(|k| k as usize),
             frequency_penalty: request.frequency_penalty.map(|value| value as f32),
             presence_penalty: request.presence_penalty.map(|value| value as f32),
             stop_toks: None,
@@ -471,11 +521,68 @@ impl Job {
             ..SamplingParams::neutral()
         };
         Ok(Self {
-            messages,
+            prompt,
             sampling,
-            max_tokens: request.max_new_tokens().map(|max| max as usize),
-            stops: request.stop.clone().unwrap_or_default(),
+            max_tokens: request.max_tokens.map(|max| max as usize),
+            stops: request.stop.clone(),
         })
+    }
+}
+
+fn mistral_prompt(prompt: &Prompt) -> MistralPrompt {
+    match prompt {
+        Prompt::Chat(messages) => MistralPrompt::Chat(
+            messages
+                .iter()
+                .map(|message| {
+                    let role = match message.role {
+                        // Chat templates know `system`; `developer` is its newer name.
+                        Role::Developer => "system",
+                        other => other.as_str(),
+                    };
+                    IndexMap::from([
+                        ("role".to_owned(), Either::Left(role.to_owned())),
+                        ("content".to_owned(), Either::Left(message.text())),
+                    ])
+                })
+                .collect(),
+        ),
+        Prompt::Text(text) => MistralPrompt::Text(text.clone()),
+    }
+}
+
+/// A streamed chunk of one sequence: a chat chunk, or a completion chunk for a text prompt.
+enum MistralChunk {
+    Chat(mistralrs::ChatCompletionChunkResponse),
+    Text(mistralrs::core::CompletionChunkResponse),
+}
+
+impl MistralChunk {
+    /// Feeds the chunk's one choice to `decoder`; `None` for a chunk without a choice.
+    fn decode(self, decoder: &mut ResponseDecoder) -> Option<Decoded> {
+        match self {
+            Self::Chat(chunk) => {
+                let usage = chunk
+                    .usage
+                    .as_ref()
+                    .map(|usage| (usage.prompt_tokens, usage.completion_tokens));
+                let choice = chunk.choices.into_iter().next()?;
+                Some(decoder.push(Chunk {
+                    text: choice.delta.content.as_deref().unwrap_or_default(),
+                    finish_reason: choice.finish_reason.as_deref(),
+                    usage,
+                }))
+            }
+            // Completion chunks carry no token counts: the decoder's own are used.
+            Self::Text(chunk) => {
+                let choice = chunk.choices.into_iter().next()?;
+                Some(decoder.push(Chunk {
+                    text: &choice.text,
+                    finish_reason: choice.finish_reason.as_deref(),
+                    usage: None,
+                }))
+            }
+        }
     }
 }
 
@@ -491,7 +598,7 @@ struct RequestTask {
 
 /// How a request's generation phase ended.
 enum Outcome {
-    Finished(Finish),
+    Finished(Box<Finish>),
     Failed(Error),
     Cancelled,
 }
@@ -529,7 +636,7 @@ impl RequestTask {
                 if let Some(hook) = &self.inner.on_finish {
                     hook(&finish.timings);
                 }
-                EngineEvent::Finished(finish)
+                EngineEvent::Finished(*finish)
             }
             Outcome::Failed(error) => {
                 if matches!(error, Error::SlowConsumer { .. }) {
@@ -572,11 +679,7 @@ impl RequestTask {
 
         let (sender, mut responses) = mpsc::channel(MISTRAL_CHANNEL);
         let request = Request::Normal(Box::new(NormalRequest {
-            messages: RequestMessage::Chat {
-                messages: self.job.messages.clone(),
-                enable_thinking: None,
-                reasoning_effort: None,
-            },
+            messages: self.job.prompt.message(),
             sampling_params: SamplingParams {
                 max_len: Some(max_len),
                 ..self.job.sampling.clone()
@@ -614,8 +717,11 @@ impl RequestTask {
                 response = responses.recv() => response,
             };
             let chunk = match response {
-                Some(Response::Chunk(chunk)) => chunk,
-                Some(Response::ModelError(message, _)) => {
+                Some(Response::Chunk(chunk)) => MistralChunk::Chat(chunk),
+                Some(Response::CompletionChunk(chunk)) => MistralChunk::Text(chunk),
+                Some(
+                    Response::ModelError(message, _) | Response::CompletionModelError(message, _),
+                ) => {
                     return Outcome::Failed(Error::Generation {
                         source: message.into(),
                     })
@@ -623,8 +729,8 @@ impl RequestTask {
                 Some(Response::InternalError(source) | Response::ValidationError(source)) => {
                     return Outcome::Failed(Error::Generation { source })
                 }
-                // Whole (non-streamed) responses, completions, images, speech, raw logits and
-                // embeddings: never asked for by a streaming chat request.
+                // Whole (non-streamed) responses, images, speech, raw logits and embeddings:
+                // never asked for by a streaming request.
                 Some(_) => continue,
                 // Every sequence that ends sends a final chunk with its finish reason (the
                 // vendored mistral.rs does so even when the last token leaves a character
@@ -637,19 +743,10 @@ impl RequestTask {
                     });
                 }
             };
-            let usage = chunk
-                .usage
-                .as_ref()
-                .map(|usage| (usage.prompt_tokens, usage.completion_tokens));
-            let Some(choice) = chunk.choices.into_iter().next() else {
+            let Some(decoded) = chunk.decode(&mut decoder) else {
                 continue;
             };
             Counters::add(&self.inner.counters.generated_tokens, 1);
-            let decoded = decoder.push(Chunk {
-                text: choice.delta.content.as_deref().unwrap_or_default(),
-                finish_reason: choice.finish_reason.as_deref(),
-                usage,
-            });
             match decoded {
                 Decoded::Text(text) => {
                     if let Err(outcome) = self.emit(text, &mut timings) {
@@ -659,17 +756,19 @@ impl RequestTask {
                 Decoded::Finished {
                     text,
                     reason,
+                    stop_sequence,
                     usage,
                 } => {
                     if let Err(outcome) = self.emit(text, &mut timings) {
                         return outcome;
                     }
                     timings.total = self.submitted.elapsed();
-                    return Outcome::Finished(Finish {
+                    return Outcome::Finished(Box::new(Finish {
                         reason,
+                        stop_sequence,
                         usage,
                         timings,
-                    });
+                    }));
                 }
                 Decoded::Failed(error) => return Outcome::Failed(error),
             }
@@ -701,27 +800,26 @@ impl RequestTask {
     async fn count_prompt_tokens(&self) -> Result<Option<usize>> {
         let (sender, mut receiver) = mpsc::channel(1);
         self.inner
-            .send_to_mistral(Request::Tokenize(TokenizationRequest {
-                text: Either::Left(self.job.messages.clone()),
-                tools: None,
-                add_generation_prompt: true,
-                add_special_tokens: true,
-                enable_thinking: None,
-                reasoning_effort: None,
-                response: sender,
-            }))
+            .send_to_mistral(self.job.prompt.tokenize(sender))
             .await?;
         // The vendored mistral.rs answers a receiver that is gone with a warning (upstream
         // panicked), so the receiver may simply be dropped when the consumer leaves.
         tokio::select! {
             () = self.deltas.closed() => Ok(None),
-            answer = receiver.recv() => match answer {
-                Some(Ok(tokens)) => Ok(Some(tokens.len())),
-                Some(Err(error)) => Err(Error::Generation { source: error.into() }),
-                None => Err(Error::Generation {
-                    source: "mistral.rs dropped the tokenization request".into(),
-                }),
-            },
+            answer = receiver.recv() => token_count(answer).map(Some),
         }
+    }
+}
+
+/// The length of mistral.rs's answer to a tokenization request.
+fn token_count(answer: Option<anyhow::Result<Vec<u32>>>) -> Result<usize> {
+    match answer {
+        Some(Ok(tokens)) => Ok(tokens.len()),
+        Some(Err(error)) => Err(Error::Generation {
+            source: error.into(),
+        }),
+        None => Err(Error::Generation {
+            source: "mistral.rs dropped the tokenization request".into(),
+        }),
     }
 }

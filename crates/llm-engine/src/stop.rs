@@ -18,7 +18,12 @@ pub(crate) enum Filtered {
     /// Text that is safe to send (possibly empty); generation goes on.
     Pass(String),
     /// A stop sequence was found: send this text (possibly empty) and end.
-    Stop(String),
+    Stop {
+        /// The text before the stop sequence.
+        text: String,
+        /// The stop sequence found (the one that starts first).
+        stop: String,
+    },
 }
 
 impl StopFilter {
@@ -37,11 +42,15 @@ impl StopFilter {
         let first_stop = self
             .stops
             .iter()
-            .filter_map(|stop| self.held.find(stop.as_str()))
-            .min();
-        if let Some(at) = first_stop {
+            .filter_map(|stop| Some((self.held.find(stop.as_str())?, stop)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = first_stop {
+            let stop = stop.clone();
             self.held.truncate(at);
-            return Filtered::Stop(std::mem::take(&mut self.held));
+            return Filtered::Stop {
+                text: std::mem::take(&mut self.held),
+                stop,
+            };
         }
         // Keep the longest tail that is a proper prefix of some stop sequence.
         let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
@@ -73,7 +82,7 @@ mod tests {
         for piece in pieces {
             match filter.push(piece) {
                 Filtered::Pass(text) => out.push_str(&text),
-                Filtered::Stop(text) => {
+                Filtered::Stop { text, .. } => {
                     out.push_str(&text);
                     return (out, true);
                 }

@@ -27,6 +27,9 @@ pub enum EngineEvent {
 pub struct Finish {
     /// `stop` (end of answer or a stop sequence) or `length` (token limit).
     pub reason: FinishReason,
+    /// The stop sequence that ended the answer (with `stop`); `None` when the model ended
+    /// it.
+    pub stop_sequence: Option<String>,
     /// Token counts.
     pub usage: Usage,
     /// Where the time went.

@@ -162,7 +162,7 @@ async fn neighbours_cancelled_mid_stream_do_not_change_an_answer() {
     let solo = alone(&engine, &request).await;
     let kept = tokio::spawn(engine.submit(&request).expect("accepted").collect());
     for (i, &(prompt, _)) in PROMPTS.iter().enumerate().take(4) {
-        let mut stream = engine.submit(&ask(prompt, 200)).expect("accepted");
+        let mut stream = engine.submit(ask(prompt, 200)).expect("accepted");
         // Each neighbour reads a few deltas (a different number each), then goes away.
         for _ in 0..(3 + 4 * i) {
             if !matches!(stream.next().await, Some(EngineEvent::Delta(_))) {

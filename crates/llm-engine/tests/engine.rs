@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use llm_engine::{ChatStream, Engine, EngineBuilder, EngineDevice, EngineEvent, Error, Finish};
-use llm_protocol::{ChatCompletionRequest, FinishReason};
+use llm_protocol::{ChatCompletionRequest, FinishReason, GenerateRequest, Prompt};
 
 mod common;
 
@@ -130,7 +130,7 @@ async fn korean_deltas_are_whole_characters() {
         "Translate to Korean: Good morning",
         "Write the Korean word for thank you.",
     ] {
-        let (deltas, finish) = drain(engine.submit(&ask(prompt, 64)).expect("accepted")).await;
+        let (deltas, finish) = drain(engine.submit(ask(prompt, 64)).expect("accepted")).await;
         finish.expect("finishes");
         let text = deltas.concat();
         assert!(
@@ -159,7 +159,7 @@ async fn a_cut_inside_a_character_still_ends_with_length_and_every_token_counted
         let mut texts = vec![String::new()];
         for max_tokens in 1..=16 {
             let (deltas, finish) =
-                drain(engine.submit(&ask(prompt, max_tokens)).expect("accepted")).await;
+                drain(engine.submit(ask(prompt, max_tokens)).expect("accepted")).await;
             let finish = finish.expect("finishes");
             assert_eq!(
                 finish.reason,
@@ -227,14 +227,78 @@ async fn stop_sequences_cut_the_text_before_them() {
         };
         assert_eq!(text, expected, "cut before the stop sequence {stop:?}");
         assert_eq!(finish.reason, FinishReason::Stop);
+        assert_eq!(
+            finish.stop_sequence.as_ref(),
+            Some(&stop),
+            "which stop ended it"
+        );
     }
+    // Without stop sequences, none is named, however the answer ended.
+    request.stop = None;
+    let natural = engine
+        .submit(&request)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("finishes");
+    assert_eq!(natural.finish.stop_sequence, None);
+}
+
+/// A raw text prompt, with no chat template: greedy, so the same prompt continues the same
+/// way, streamed or collected, and its tokens are exactly what `count_tokens` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_prompt_is_continued_without_the_chat_template() {
+    let engine = engine(Engine::builder()).await;
+    let prompt = "The first five prime numbers are 2, 3, 5,";
+    let request = GenerateRequest {
+        prompt: Prompt::Text(prompt.to_owned()),
+        max_tokens: Some(12),
+        temperature: Some(0.0),
+        ..GenerateRequest::default()
+    };
+    let (deltas, finish) = drain(engine.submit(request.clone()).expect("accepted")).await;
+    let finish = finish.expect("finishes");
+    let streamed = deltas.concat();
+    assert!(
+        streamed.contains('7'),
+        "a raw continuation of the list, got {streamed:?}"
+    );
+    let collected = engine
+        .submit(request.clone())
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("finishes");
+    assert_eq!(collected.text, streamed);
+    assert_eq!(finish.usage.completion_tokens, 12);
+    assert_eq!(finish.reason, FinishReason::Length);
+
+    // The same words in a chat take the template's tokens on top.
+    let counted = engine.count_tokens(request).await.expect("counts");
+    assert_eq!(counted, finish.usage.prompt_tokens as usize);
+    let chat = ask(prompt, 4);
+    let chat_count = engine.count_tokens(&chat).await.expect("counts");
+    let chat_usage = engine
+        .submit(&chat)
+        .expect("accepted")
+        .collect()
+        .await
+        .expect("finishes")
+        .finish
+        .usage;
+    assert_eq!(chat_count, chat_usage.prompt_tokens as usize);
+    assert!(
+        chat_count > counted,
+        "{chat_count} chat tokens, {counted} raw"
+    );
+    assert_eq!(engine.stats().running, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_running_stream_cancels_it() {
     let engine = engine(Engine::builder()).await;
     let mut stream = engine
-        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .submit(ask("Write a very long story about a dragon.", 2000))
         .expect("accepted");
     for _ in 0..3 {
         assert!(matches!(stream.next().await, Some(EngineEvent::Delta(_))));
@@ -256,7 +320,7 @@ async fn dropping_a_running_stream_cancels_it() {
 async fn requests_dropped_while_their_prompt_is_counted_leave_the_engine_running() {
     let engine = engine(Engine::builder().max_num_seqs(32)).await;
     let running = engine
-        .submit(&ask("Write a long story about a dragon.", 48))
+        .submit(ask("Write a long story about a dragon.", 48))
         .expect("accepted");
     let long = tokio::spawn(drain(running));
     wait_for(&engine, "the first request running", |stats| {
@@ -265,7 +329,7 @@ async fn requests_dropped_while_their_prompt_is_counted_leave_the_engine_running
     .await;
     for i in 0..16 {
         let stream = engine
-            .submit(&ask(&format!("Question number {i}?"), 8))
+            .submit(ask(&format!("Question number {i}?"), 8))
             .expect("accepted");
         // Let the request's task acquire its slot and send the tokenization request.
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -282,7 +346,7 @@ async fn requests_dropped_while_their_prompt_is_counted_leave_the_engine_running
     .await;
     assert_eq!(engine.stats().engine_restarts, 0, "the engine never died");
     let after = engine
-        .submit(&ask("Name a colour.", 8))
+        .submit(ask("Name a colour.", 8))
         .expect("accepted")
         .collect()
         .await;
@@ -293,10 +357,10 @@ async fn requests_dropped_while_their_prompt_is_counted_leave_the_engine_running
 async fn a_request_cancelled_while_queued_never_reaches_the_model() {
     let engine = engine(Engine::builder().max_num_seqs(1)).await;
     let mut running = engine
-        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .submit(ask("Write a very long story about a dragon.", 2000))
         .expect("accepted");
     assert!(matches!(running.next().await, Some(EngineEvent::Delta(_))));
-    let queued = engine.submit(&ask("Hi", 8)).expect("accepted");
+    let queued = engine.submit(ask("Hi", 8)).expect("accepted");
     wait_for(&engine, "one waiting", |stats| stats.waiting == 1).await;
     drop(queued);
     wait_for(&engine, "the queued request cancelled", |stats| {
@@ -319,11 +383,11 @@ async fn a_request_cancelled_while_queued_never_reaches_the_model() {
 async fn a_full_queue_refuses_at_once() {
     let engine = engine(Engine::builder().max_num_seqs(1).queue_limit(1)).await;
     let mut running = engine
-        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .submit(ask("Write a very long story about a dragon.", 2000))
         .expect("accepted");
     assert!(matches!(running.next().await, Some(EngineEvent::Delta(_))));
-    let _waiting = engine.submit(&ask("Hi", 8)).expect("queued");
-    match engine.submit(&ask("Hi", 8)) {
+    let _waiting = engine.submit(ask("Hi", 8)).expect("queued");
+    match engine.submit(ask("Hi", 8)) {
         Err(Error::Overloaded {
             waiting: 1,
             limit: 1,
@@ -358,10 +422,10 @@ async fn a_slow_consumer_is_cancelled_and_does_not_stall_others() {
     let engine = engine(Engine::builder().max_num_seqs(2).event_buffer(4)).await;
     // Submitted and never read while the other request runs.
     let mut stalled = engine
-        .submit(&ask("Write a very long story about a dragon.", 2000))
+        .submit(ask("Write a very long story about a dragon.", 2000))
         .expect("accepted");
     let reader = engine
-        .submit(&ask("Write a long story about a cat.", 200))
+        .submit(ask("Write a long story about a cat.", 200))
         .expect("accepted");
     // Without the per-request drain, mistral.rs would block on the stalled request's channel
     // and this answer would never finish.
@@ -418,7 +482,7 @@ async fn unsupported_and_invalid_parameters_are_refused_not_ignored() {
     ));
     engine.close();
     assert!(matches!(
-        engine.submit(&ask("Hi", 4)),
+        engine.submit(ask("Hi", 4)),
         Err(Error::ShuttingDown)
     ));
     assert_eq!(engine.stats().started, 0);

@@ -29,10 +29,13 @@ impl ApiKeys {
         if self.digests.is_empty() {
             return Ok(());
         }
-        let presented = bearer(headers).or_else(|| query.and_then(query_key));
+        let presented = bearer(headers)
+            .or_else(|| x_api_key(headers))
+            .or_else(|| query.and_then(query_key));
         let Some(presented) = presented else {
             return Err(Error::Unauthorized(
-                "no API key: send `Authorization: Bearer KEY` (browsers: `?api_key=KEY`)",
+                "no API key: send `Authorization: Bearer KEY` or `x-api-key: KEY` (browsers: \
+                 `?api_key=KEY`)",
             ));
         };
         let presented = digest(&presented);
@@ -58,6 +61,12 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
+}
+
+/// Anthropic's header, which its SDK sends.
+fn x_api_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("x-api-key")?.to_str().ok()?;
+    Some(value.trim().to_owned())
 }
 
 fn query_key(query: &str) -> Option<String> {
@@ -95,5 +104,17 @@ mod tests {
         assert!(!ok(None, Some("key=alpha")));
         assert!(!ok(None, None));
         assert!(ApiKeys::new(&[]).check(&headers(None), None).is_ok());
+    }
+
+    #[test]
+    fn anthropic_clients_send_the_key_as_x_api_key() {
+        let keys = ApiKeys::new(&["alpha".to_owned()]);
+        let check = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-api-key", value.parse().expect("a valid header value"));
+            keys.check(&headers, None)
+        };
+        assert!(check("alpha").is_ok());
+        assert!(matches!(check("beta"), Err(Error::Unauthorized(_))));
     }
 }

@@ -7,8 +7,9 @@
 use std::pin::Pin;
 
 use futures_core::Stream;
+use futures_util::future::BoxFuture;
 use llm_engine::{Engine, EngineEvent, EngineStats, ModelInfo};
-use llm_protocol::ChatCompletionRequest;
+use llm_protocol::GenerateRequest;
 
 /// The events of one generation: deltas, then one finish or error, then the end. Dropping it
 /// cancels the generation.
@@ -24,7 +25,16 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// # Errors
     /// The engine's reason for refusing the request.
-    fn submit(&self, request: &ChatCompletionRequest) -> llm_engine::Result<EventStream>;
+    fn submit(&self, request: &GenerateRequest) -> llm_engine::Result<EventStream>;
+
+    /// Counts the tokens of the request's prompt as the model reads it, without generating.
+    ///
+    /// # Errors
+    /// The engine's reason for refusing the request.
+    fn count_tokens(
+        &self,
+        request: &GenerateRequest,
+    ) -> BoxFuture<'static, llm_engine::Result<usize>>;
 
     /// Current counters, for `/metrics`.
     fn stats(&self) -> EngineStats;
@@ -38,8 +48,17 @@ impl Backend for Engine {
         Engine::model(self)
     }
 
-    fn submit(&self, request: &ChatCompletionRequest) -> llm_engine::Result<EventStream> {
-        Ok(Box::pin(Engine::submit(self, request)?))
+    fn submit(&self, request: &GenerateRequest) -> llm_engine::Result<EventStream> {
+        Ok(Box::pin(Engine::submit(self, request.clone())?))
+    }
+
+    fn count_tokens(
+        &self,
+        request: &GenerateRequest,
+    ) -> BoxFuture<'static, llm_engine::Result<usize>> {
+        let engine = self.clone();
+        let request = request.clone();
+        Box::pin(async move { engine.count_tokens(request).await })
     }
 
     fn stats(&self) -> EngineStats {

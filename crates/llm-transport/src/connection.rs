@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::error::Error;
+use crate::error::{Dialect, Error};
 use crate::metrics::ConnectionGuard;
 
 /// A connection's place under the connection limit, and its count in the open-connection
@@ -30,7 +30,7 @@ impl ConnectionSlot {
 /// and a peer that cannot take them gets the bare close. A flood of connections past the limit
 /// therefore holds no task and no descriptor beyond this call.
 pub(crate) fn refuse(stream: TcpStream, limit: usize) {
-    let body = Error::TooManyConnections { limit }.body();
+    let body = Error::TooManyConnections { limit }.body(Dialect::OpenAi);
     let mut response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",

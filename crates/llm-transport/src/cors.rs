@@ -6,7 +6,9 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use crate::body::ResponseBody;
 
 /// Request headers a browser may send: auth, JSON bodies, resume ids and request ids.
-const ALLOW_HEADERS: &str = "authorization, content-type, last-event-id, x-request-id";
+const ALLOW_HEADERS: &str = "authorization, content-type, last-event-id, x-request-id, \
+                             x-api-key, anthropic-version, anthropic-beta, \
+                             anthropic-dangerous-direct-browser-access";
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// Response headers scripts may read.
 const EXPOSE_HEADERS: &str = "x-request-id, retry-after";

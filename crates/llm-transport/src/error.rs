@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use llm_protocol::anthropic::AnthropicErrorBody;
 use llm_protocol::{ApiError, ErrorBody};
 
 use crate::body::ResponseBody;
@@ -57,6 +58,12 @@ pub enum Error {
     /// A resume names a stream whose replay buffer has expired.
     #[error("the stream `{0}` has expired and can no longer be resumed")]
     StreamExpired(String),
+    /// A request to retrieve a response, which a stateless server does not keep.
+    #[error(
+        "responses are not stored, so `{0}` cannot be retrieved; `?stream=true` replays a \
+         resumable stream"
+    )]
+    ResponseNotStored(String),
     /// A `Last-Event-ID` that does not name an event of the stream.
     #[error("`Last-Event-ID` `{0}` does not name an event of this stream")]
     InvalidLastEventId(String),
@@ -106,6 +113,15 @@ pub enum Error {
     /// A request to `/ws/chat` that is not a valid WebSocket upgrade.
     #[error("not a WebSocket upgrade: {0}")]
     InvalidUpgrade(&'static str),
+}
+
+/// The error shape a route answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
 }
 
 /// Where an error stands in the table.
@@ -212,6 +228,9 @@ impl Error {
                 class(StatusCode::NOT_FOUND, INVALID, Some("stream_not_found"))
             }
             Self::StreamExpired(_) => class(StatusCode::GONE, INVALID, Some("stream_expired")),
+            Self::ResponseNotStored(_) => {
+                class(StatusCode::NOT_FOUND, INVALID, Some("response_not_found"))
+            }
             Self::InvalidLastEventId(_) => Class {
                 param: Some("last_event_id".to_owned()),
                 ..class(
@@ -268,18 +287,44 @@ impl Error {
         }
     }
 
-    /// The JSON error body.
-    pub(crate) fn body(&self) -> Vec<u8> {
-        serde_json::to_vec(&ErrorBody::from(self.to_api_error())).expect("error bodies serialize")
+    /// Anthropic's error `type` for this error: its class by status, as Anthropic's API
+    /// reports them.
+    pub(crate) fn anthropic_kind(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::NOT_FOUND | StatusCode::GONE => "not_found_error",
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+            StatusCode::GATEWAY_TIMEOUT => "timeout_error",
+            status if status.is_client_error() => "invalid_request_error",
+            _ => "api_error",
+        }
     }
 
-    /// The full response: status, JSON error body, and `Retry-After` where retrying helps.
-    pub(crate) fn into_response(self) -> Response<ResponseBody> {
+    /// The error in Anthropic's shape.
+    pub(crate) fn to_anthropic(&self) -> AnthropicErrorBody {
+        AnthropicErrorBody::new(self.anthropic_kind(), self.to_string())
+    }
+
+    /// The JSON error body in `dialect`'s shape.
+    pub(crate) fn body(&self, dialect: Dialect) -> Vec<u8> {
+        match dialect {
+            Dialect::OpenAi => serde_json::to_vec(&ErrorBody::from(self.to_api_error())),
+            Dialect::Anthropic => serde_json::to_vec(&self.to_anthropic()),
+        }
+        .expect("error bodies serialize")
+    }
+
+    /// The full response: status, the JSON error body in `dialect`'s shape, and
+    /// `Retry-After` where retrying helps.
+    pub(crate) fn into_response(self, dialect: Dialect) -> Response<ResponseBody> {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, detail = ?self, "request failed");
         }
-        let body = self.body();
+        let body = self.body(dialect);
         let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();

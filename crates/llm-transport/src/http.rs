@@ -94,10 +94,10 @@ fn random_u64() -> u64 {
     getrandom::u64().expect("the operating system's random generator works")
 }
 
-/// A fresh response id, `PREFIX-` and 128 random bits from the operating system: knowing a
-/// response id is what allows resuming its stream.
+/// A fresh response id, `prefix` (with its separator: `chatcmpl-`, `resp_`) and 128 random
+/// bits from the operating system: knowing a response id is what allows resuming its stream.
 pub(crate) fn response_id(prefix: &str) -> String {
-    format!("{prefix}-{:016x}{:016x}", random_u64(), random_u64())
+    format!("{prefix}{:016x}{:016x}", random_u64(), random_u64())
 }
 
 /// Seconds since the Unix epoch.

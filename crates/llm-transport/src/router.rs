@@ -9,10 +9,57 @@ use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use crate::cors::Cors;
-use crate::error::{Error, Result};
+use crate::error::{Dialect, Error, Result};
 use crate::handlers;
 use crate::http::{log_millis, request_id, RequestInfo, Streamed};
 use crate::state::State;
+
+/// The generating routes whose streams can be resumed: each has its path and the prefix of
+/// its response ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Chat,
+    Completions,
+    Responses,
+    Messages,
+}
+
+impl Family {
+    const ALL: [Self; 4] = [
+        Self::Chat,
+        Self::Completions,
+        Self::Responses,
+        Self::Messages,
+    ];
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+            Self::Responses => "/v1/responses",
+            Self::Messages => "/v1/messages",
+        }
+    }
+
+    /// What the family's response ids start with.
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Chat => "chatcmpl-",
+            Self::Completions => "cmpl-",
+            Self::Responses => "resp_",
+            Self::Messages => "msg_",
+        }
+    }
+
+    fn resume_endpoint(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions/{id}/stream",
+            Self::Completions => "/v1/completions/{id}/stream",
+            Self::Responses => "/v1/responses/{id}/stream",
+            Self::Messages => "/v1/messages/{id}/stream",
+        }
+    }
+}
 
 /// The routes, with the methods each takes, its label in metrics, and whether it needs a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +69,13 @@ enum Route {
     Metrics,
     Models,
     ChatCompletions,
-    Resume(String),
+    Completions,
+    Responses,
+    Messages,
+    CountTokens,
+    Resume(Family, String),
+    /// `GET /v1/responses/{id}`: with `stream=true`, the OpenAI SDK's way to resume.
+    RetrieveResponse(String),
     EventSource,
     WebSocket,
 }
@@ -35,23 +88,39 @@ impl Route {
             "/metrics" => Self::Metrics,
             "/v1/models" => Self::Models,
             "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/completions" => Self::Completions,
+            "/v1/responses" => Self::Responses,
+            "/v1/messages" => Self::Messages,
+            "/v1/messages/count_tokens" => Self::CountTokens,
             "/stream" => Self::EventSource,
             "/ws/chat" => Self::WebSocket,
             _ => {
-                let id = path
-                    .strip_prefix("/v1/chat/completions/")?
-                    .strip_suffix("/stream")?;
-                if id.is_empty() || id.contains('/') {
-                    return None;
+                for family in Family::ALL {
+                    let Some(rest) = path
+                        .strip_prefix(family.path())
+                        .and_then(|rest| rest.strip_prefix('/'))
+                    else {
+                        continue;
+                    };
+                    if let Some(id) = rest.strip_suffix("/stream") {
+                        return valid_id(id).then(|| Self::Resume(family, id.to_owned()));
+                    }
+                    if family == Family::Responses && valid_id(rest) {
+                        return Some(Self::RetrieveResponse(rest.to_owned()));
+                    }
                 }
-                Self::Resume(id.to_owned())
+                return None;
             }
         })
     }
 
     fn method(&self) -> Method {
         match self {
-            Self::ChatCompletions => Method::POST,
+            Self::ChatCompletions
+            | Self::Completions
+            | Self::Responses
+            | Self::Messages
+            | Self::CountTokens => Method::POST,
             _ => Method::GET,
         }
     }
@@ -64,7 +133,12 @@ impl Route {
             Some(Self::Metrics) => "/metrics",
             Some(Self::Models) => "/v1/models",
             Some(Self::ChatCompletions) => "/v1/chat/completions",
-            Some(Self::Resume(_)) => "/v1/chat/completions/{id}/stream",
+            Some(Self::Completions) => "/v1/completions",
+            Some(Self::Responses) => "/v1/responses",
+            Some(Self::Messages) => "/v1/messages",
+            Some(Self::CountTokens) => "/v1/messages/count_tokens",
+            Some(Self::Resume(family, _)) => family.resume_endpoint(),
+            Some(Self::RetrieveResponse(_)) => "/v1/responses/{id}",
             Some(Self::EventSource) => "/stream",
             Some(Self::WebSocket) => "/ws/chat",
             None => "other",
@@ -74,9 +148,24 @@ impl Route {
     fn needs_key(&self) -> bool {
         !matches!(self, Self::Index | Self::Health | Self::Metrics)
     }
+
+    /// The shape of the route's errors.
+    fn dialect(route: Option<&Self>) -> Dialect {
+        match route {
+            Some(Self::Messages | Self::CountTokens | Self::Resume(Family::Messages, _)) => {
+                Dialect::Anthropic
+            }
+            _ => Dialect::OpenAi,
+        }
+    }
 }
 
-/// Answers one request. Never fails: errors become OpenAI error responses.
+/// An id segment of a path: not empty, no further segments.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains('/')
+}
+
+/// Answers one request. Never fails: errors become error responses in the route's dialect.
 pub(crate) async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
@@ -93,11 +182,12 @@ pub(crate) async fn handle(
     let mut response = if Cors::is_preflight(&method, request.headers()) {
         state.cors().preflight(request.headers())
     } else {
+        let dialect = Route::dialect(route.as_ref());
         dispatch(&state, route, request, &info)
             .await
             .unwrap_or_else(|error| {
                 tracing::debug!(request_id = %info.id, error = %error, "request refused");
-                error.into_response()
+                error.into_response(dialect)
             })
     };
     let status = response.status().as_u16();
@@ -152,7 +242,17 @@ async fn dispatch(
         Route::Metrics => Ok(handlers::metrics(state)),
         Route::Models => handlers::models(state),
         Route::ChatCompletions => handlers::chat_completions(state, request, info).await,
-        Route::Resume(id) => handlers::resume_by_path(state, &request, &id),
+        Route::Completions => handlers::completions(state, request, info).await,
+        Route::Responses => handlers::responses(state, request, info).await,
+        Route::Messages => handlers::messages(state, request, info).await,
+        Route::CountTokens => handlers::count_tokens(state, request).await,
+        Route::Resume(family, id) => {
+            if !id.starts_with(family.id_prefix()) {
+                return Err(Error::StreamNotFound(id));
+            }
+            handlers::resume_by_path(state, &request, &id)
+        }
+        Route::RetrieveResponse(id) => handlers::retrieve_response(state, &request, &id),
         Route::EventSource => handlers::eventsource(state, &request, info),
         Route::WebSocket => handlers::websocket(state, request, info),
     }

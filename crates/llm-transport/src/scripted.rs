@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use llm_engine::{EngineEvent, EngineStats, Finish, ModelInfo, Timings};
-use llm_protocol::{ChatCompletionRequest, FinishReason, Usage};
+use llm_protocol::{FinishReason, GenerateRequest, Prompt, Usage};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, EventStream};
@@ -152,7 +153,7 @@ impl Backend for ScriptedEngine {
         &self.inner.info
     }
 
-    fn submit(&self, request: &ChatCompletionRequest) -> llm_engine::Result<EventStream> {
+    fn submit(&self, request: &GenerateRequest) -> llm_engine::Result<EventStream> {
         request.validate()?;
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
@@ -168,7 +169,7 @@ impl Backend for ScriptedEngine {
             });
         }
         inner.started.fetch_add(1, Ordering::Relaxed);
-        let limit = request.max_new_tokens().map_or(usize::MAX, |n| n as usize);
+        let limit = request.max_tokens.map_or(usize::MAX, |n| n as usize);
         let run = Run {
             inner: Arc::clone(inner),
             submitted: Instant::now(),
@@ -178,6 +179,28 @@ impl Backend for ScriptedEngine {
             token_times: Vec::new(),
         };
         Ok(Box::pin(futures_util::stream::unfold(run, Run::step)))
+    }
+
+    /// One token per word of the prompt, and one per message: a stand-in count, stable for
+    /// tests.
+    fn count_tokens(
+        &self,
+        request: &GenerateRequest,
+    ) -> BoxFuture<'static, llm_engine::Result<usize>> {
+        let count = request.validate().map(|()| match &request.prompt {
+            Prompt::Chat(messages) => messages
+                .iter()
+                .map(|message| 1 + message.text().split_whitespace().count())
+                .sum(),
+            Prompt::Text(text) => text.split_whitespace().count(),
+        });
+        let closed = self.inner.closed.load(Ordering::Acquire);
+        Box::pin(async move {
+            if closed {
+                return Err(llm_engine::Error::ShuttingDown);
+            }
+            Ok(count?)
+        })
     }
 
     fn stats(&self) -> EngineStats {
@@ -249,6 +272,7 @@ impl Run {
         let completion = u32::try_from(self.sent).unwrap_or(u32::MAX);
         let finish = Finish {
             reason,
+            stop_sequence: None,
             usage: Usage::new(8, completion),
             timings: Timings {
                 queue: Duration::ZERO,

@@ -181,7 +181,7 @@ async fn formats(rounds: usize) -> String {
         run_one(&engine, &request("Hi", 8)).await;
         let figures = single_stream(&engine, rounds).await;
         let answer = engine
-            .submit(&request("What is the capital of France?", 24))
+            .submit(request("What is the capital of France?", 24))
             .expect("accepted")
             .collect()
             .await

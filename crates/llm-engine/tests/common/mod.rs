@@ -20,7 +20,7 @@ pub(crate) fn ask(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
 /// that loaded wrongly (weights, tokenizer or chat template) does not.
 pub(crate) async fn answers_sensibly(engine: &Engine) -> Completion {
     let answer = engine
-        .submit(&ask("What is the capital of France?", 24))
+        .submit(ask("What is the capital of France?", 24))
         .expect("accepted")
         .collect()
         .await

@@ -2,14 +2,14 @@
 //! whole.
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use llm_protocol::{AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, Role};
 
-use super::generate::{start_generation, stream_response};
+use super::generate::{collect, start_generation, start_stream, whole_response, StreamOptions};
 use crate::body::ResponseBody;
-use crate::error::{Error, Result};
-use crate::http::{json_response, read_body, response_id, unix_now, RequestInfo, Streamed};
+use crate::error::Result;
+use crate::http::{read_body, response_id, unix_now, RequestInfo};
 use crate::state::State;
 use crate::stream::{ChunkEncoder, ChunkMeta};
 
@@ -36,26 +36,21 @@ pub(crate) fn chat_stream(
     resumable: bool,
     prelude: Option<Bytes>,
 ) -> Result<Response<ResponseBody>> {
-    if resumable {
-        // Refuse before the engine sees the request when replay memory is full.
-        state.replay().check_room()?;
-    }
-    let (generation, model) = start_generation(state, request, info)?;
-    let meta = ChunkMeta {
-        id: response_id("chatcmpl"),
-        created: unix_now(),
-        model,
-        include_usage: request.include_usage(),
-    };
-    let id = meta.id.clone();
-    let encoder = Box::new(ChunkEncoder::new(meta, resumable));
-    stream_response(
-        state,
-        generation,
-        encoder,
-        resumable.then_some(id.as_str()),
+    let id = response_id("chatcmpl-");
+    let options = StreamOptions {
+        id: &id,
+        resumable,
         prelude,
-    )
+    };
+    start_stream(state, &request.into(), info, options, |model| {
+        let meta = ChunkMeta {
+            id: id.clone(),
+            created: unix_now(),
+            model,
+            include_usage: request.include_usage(),
+        };
+        Box::new(ChunkEncoder::new(meta, resumable))
+    })
 }
 
 /// The whole answer as one `chat.completion`, within the request timeout.
@@ -64,25 +59,10 @@ async fn complete(
     request: &ChatCompletionRequest,
     info: &RequestInfo,
 ) -> Result<Response<ResponseBody>> {
-    let (mut generation, model) = start_generation(state, request, info)?;
-    let timeout = state.config().request_timeout;
-    let deadline = state.shutdown().deadline();
-    let outcome = tokio::select! {
-        outcome = tokio::time::timeout(timeout, generation.collect()) => outcome,
-        () = deadline.cancelled() => {
-            generation.cancel("server shutting down");
-            return Err(Error::ShuttingDown);
-        }
-    };
-    let completion = match outcome {
-        Ok(completion) => completion?,
-        Err(_) => {
-            generation.cancel("request timeout");
-            return Err(Error::Timeout(timeout));
-        }
-    };
-    let body = ChatCompletion {
-        id: response_id("chatcmpl"),
+    let (mut generation, model) = start_generation(state, &request.into(), info)?;
+    let completion = collect(state, &mut generation).await?;
+    Ok(whole_response(&ChatCompletion {
+        id: response_id("chatcmpl-"),
         object: "chat.completion".to_owned(),
         created: unix_now(),
         model,
@@ -96,12 +76,5 @@ async fn complete(
             finish_reason: Some(completion.finish.reason),
         }],
         usage: Some(completion.finish.usage),
-    };
-    let mut response = json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).expect("completions serialize"),
-    );
-    // The generation's own log line (with its tokens) stands for this request.
-    response.extensions_mut().insert(Streamed);
-    Ok(response)
+    }))
 }

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Response;
-use llm_protocol::ChatCompletionRequest;
+use http::{Response, StatusCode};
+use llm_engine::{Completion, ModelInfo};
+use llm_protocol::GenerateRequest;
 use tokio::sync::mpsc;
 
 use crate::body::ResponseBody;
 use crate::error::{Error, Result};
-use crate::http::{event_stream_response, RequestInfo};
+use crate::http::{event_stream_response, json_response, RequestInfo, Streamed};
 use crate::state::State;
 use crate::stream::{follow, produce, pump, Encoder, Generation};
 
@@ -21,17 +22,97 @@ use crate::stream::{follow, produce, pump, Encoder, Generation};
 /// overloaded, shutting down).
 pub(crate) fn start_generation(
     state: &State,
-    request: &ChatCompletionRequest,
+    request: &GenerateRequest,
     info: &RequestInfo,
 ) -> Result<(Generation, String)> {
     let backend = state.backend()?;
-    let model = backend.model().name.clone();
-    if !request.model.is_empty() && request.model != model {
-        return Err(Error::ModelNotFound(request.model.clone()));
-    }
+    let model = check_model(request, backend.model())?;
     let stream = backend.submit(request)?;
     let generation = Generation::new(stream, Arc::clone(state.metrics()), info);
     Ok((generation, model))
+}
+
+/// Starts `request`'s generation and answers with its event stream, in the dialect of the
+/// encoder `encoder` builds from the served model's name. `id` is the response id: the
+/// replay log's, when `resumable`. `prelude` goes before the first event.
+///
+/// # Errors
+/// As [`start_generation`]; [`Error::ReplayFull`] for a resumable stream when replay memory
+/// is full, before the engine sees the request.
+pub(crate) fn start_stream(
+    state: &State,
+    request: &GenerateRequest,
+    info: &RequestInfo,
+    stream: StreamOptions<'_>,
+    encoder: impl FnOnce(String) -> Box<dyn Encoder>,
+) -> Result<Response<ResponseBody>> {
+    if stream.resumable {
+        // Refuse before the engine sees the request when replay memory is full.
+        state.replay().check_room()?;
+    }
+    let (generation, model) = start_generation(state, request, info)?;
+    stream_response(
+        state,
+        generation,
+        encoder(model),
+        stream.resumable.then_some(stream.id),
+        stream.prelude,
+    )
+}
+
+/// How a stream is answered: its response id, whether it is resumable, and what goes before
+/// its first event.
+pub(crate) struct StreamOptions<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) resumable: bool,
+    pub(crate) prelude: Option<Bytes>,
+}
+
+/// Reads the whole answer of `generation` for a non-streaming client, within the request
+/// timeout.
+///
+/// # Errors
+/// The generation's error; [`Error::Timeout`] past the request timeout and
+/// [`Error::ShuttingDown`] at the shutdown deadline, both of which cancel the generation.
+pub(crate) async fn collect(state: &State, generation: &mut Generation) -> Result<Completion> {
+    let timeout = state.config().request_timeout;
+    let deadline = state.shutdown().deadline();
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(timeout, generation.collect()) => outcome,
+        () = deadline.cancelled() => {
+            generation.cancel("server shutting down");
+            return Err(Error::ShuttingDown);
+        }
+    };
+    match outcome {
+        Ok(completion) => Ok(completion?),
+        Err(_) => {
+            generation.cancel("request timeout");
+            Err(Error::Timeout(timeout))
+        }
+    }
+}
+
+/// A whole answer's JSON body, whose log line is its generation's.
+pub(crate) fn whole_response(body: &impl serde::Serialize) -> Response<ResponseBody> {
+    let mut response = json_response(
+        StatusCode::OK,
+        serde_json::to_vec(body).expect("answers serialize"),
+    );
+    // The generation's own log line (with its tokens) stands for this request.
+    response.extensions_mut().insert(Streamed);
+    response
+}
+
+/// The served model's name, when `request` names it or none.
+///
+/// # Errors
+/// [`Error::ModelNotFound`] for another model.
+pub(crate) fn check_model(request: &GenerateRequest, served: &ModelInfo) -> Result<String> {
+    if !request.model.is_empty() && request.model != served.name {
+        return Err(Error::ModelNotFound(request.model.clone()));
+    }
+    Ok(served.name.clone())
 }
 
 /// Answers with the event stream of `generation` in `encoder`'s dialect. A resumable one is
@@ -40,7 +121,7 @@ pub(crate) fn start_generation(
 ///
 /// # Errors
 /// [`Error::ReplayFull`] when a resumable stream finds live ones filling the replay budget.
-pub(crate) fn stream_response(
+fn stream_response(
     state: &State,
     generation: Generation,
     encoder: Box<dyn Encoder>,

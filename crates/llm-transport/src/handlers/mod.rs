@@ -4,14 +4,20 @@
 //! [`Error`]: crate::error::Error
 
 mod chat;
+mod completions;
 mod eventsource;
 mod generate;
 mod info;
+mod messages;
+mod responses;
 mod resume;
 mod websocket;
 
 pub(crate) use chat::chat_completions;
+pub(crate) use completions::completions;
 pub(crate) use eventsource::eventsource;
 pub(crate) use info::{health, index, metrics, models};
-pub(crate) use resume::resume_by_path;
+pub(crate) use messages::{count_tokens, messages};
+pub(crate) use responses::responses;
+pub(crate) use resume::{resume_by_path, retrieve_response};
 pub(crate) use websocket::upgrade as websocket;

@@ -33,6 +33,40 @@ pub(crate) fn resume_by_path<B>(
     resume(state, id, last, None)
 }
 
+/// `GET /v1/responses/{id}?stream=true&starting_after=N`: how the OpenAI SDK resumes a
+/// response stream (`client.responses.retrieve(id, stream=True, starting_after=N)`). Event N
+/// of a resumable Responses stream has sequence number N, so `starting_after` is the
+/// `Last-Event-ID` number. Nothing is stored, so without `stream=true` there is nothing to
+/// retrieve.
+pub(crate) fn retrieve_response<B>(
+    state: &State,
+    request: &Request<B>,
+    id: &str,
+) -> Result<Response<ResponseBody>> {
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let field = |name: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    if field("stream") != Some("true") {
+        return Err(Error::ResponseNotStored(id.to_owned()));
+    }
+    match field("starting_after") {
+        Some(number) => {
+            let last = number
+                .parse()
+                .map_err(|_| Error::InvalidLastEventId(format!("{id}:{number}")))?;
+            resume(state, id, Some(last), None)
+        }
+        None => resume_by_path(state, request, id),
+    }
+}
+
 /// Replays a resumable stream after event `last` (from its start with `None`), then follows
 /// it live. `prelude` goes first.
 pub(crate) fn resume(

@@ -11,7 +11,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use llm_engine::EngineEvent;
 use llm_protocol::ws::{ClientMessage, ServerMessage};
-use llm_protocol::FinishReason;
+use llm_protocol::{FinishReason, GenerateRequest};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -234,7 +234,7 @@ impl Session {
                     endpoint: self.info.endpoint,
                     received: std::time::Instant::now(),
                 };
-                match start_generation(&self.state, &request, &info) {
+                match start_generation(&self.state, &GenerateRequest::from(&*request), &info) {
                     Ok((generation, _)) => {
                         self.current = Some(generation);
                         Step::Continue

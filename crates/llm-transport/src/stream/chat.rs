@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use llm_engine::Finish;
-use llm_protocol::{ChatCompletionChunk, ChunkChoice, Delta, ErrorBody, FinishReason, Role, Usage};
+use llm_protocol::{ChatCompletionChunk, ChunkChoice, Delta, FinishReason, Role, Usage};
 
 use super::encoder::Encoder;
 use super::frame::Framer;
@@ -105,7 +105,7 @@ impl Encoder for ChunkEncoder {
     /// Byte for byte what serializing the chunk gives, without building it.
     fn delta(&mut self, text: &str) -> Bytes {
         self.framer
-            .text_event(&self.delta_prefix, text, DELTA_SUFFIX)
+            .text_event(None, &self.delta_prefix, text, DELTA_SUFFIX)
     }
 
     fn finish(&mut self, finish: &Finish) -> Vec<Bytes> {
@@ -117,8 +117,7 @@ impl Encoder for ChunkEncoder {
     }
 
     fn error(&mut self, error: &Error) -> Vec<Bytes> {
-        let body = ErrorBody::from(error.to_api_error());
-        vec![self.framer.json(None, &body), self.framer.done()]
+        self.framer.openai_error(error)
     }
 }
 

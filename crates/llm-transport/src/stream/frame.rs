@@ -1,7 +1,9 @@
 //! SSE events with the ids of resumable streams: the framing every dialect shares.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use llm_protocol::sse;
+use llm_protocol::{sse, ErrorBody};
+
+use crate::error::Error;
 
 /// Writes the events of one response, numbering them `RESPONSE:N` when the stream is
 /// resumable, so that a client can resume after any event with `Last-Event-ID`.
@@ -51,16 +53,33 @@ impl Framer {
         )
     }
 
+    /// The end of a failed OpenAI stream: `data: {"error": {...}}`, then `data: [DONE]`.
+    pub(crate) fn openai_error(&mut self, error: &Error) -> Vec<Bytes> {
+        let body = ErrorBody::from(error.to_api_error());
+        vec![self.json(None, &body), self.done()]
+    }
+
     /// `data: [DONE]`, the end of an OpenAI stream.
     pub(crate) fn done(&mut self) -> Bytes {
         self.event(None, sse::DONE.to_owned())
     }
 
-    /// An unnamed event whose data is `prefix`, `text` as a JSON string, then `suffix`: the
-    /// per-token frame, built with one allocation. `prefix` starts with `data: `; `suffix`
-    /// ends with the blank line.
-    pub(crate) fn text_event(&mut self, prefix: &str, text: &str, suffix: &str) -> Bytes {
-        let mut buf = BytesMut::with_capacity(prefix.len() + text.len() + suffix.len() + 64);
+    /// An event (named `name`, when given) whose data is `prefix`, `text` as a JSON string,
+    /// then `suffix`: the per-token frame, built with one allocation. `prefix` starts with
+    /// `data: `; `suffix` ends with the blank line.
+    pub(crate) fn text_event(
+        &mut self,
+        name: Option<&str>,
+        prefix: &str,
+        text: &str,
+        suffix: &str,
+    ) -> Bytes {
+        let mut buf = BytesMut::with_capacity(prefix.len() + text.len() + suffix.len() + 96);
+        if let Some(name) = name {
+            buf.extend_from_slice(b"event: ");
+            buf.extend_from_slice(name.as_bytes());
+            buf.extend_from_slice(b"\n");
+        }
         if let Some(id) = self.next_id() {
             buf.extend_from_slice(b"id: ");
             buf.extend_from_slice(id.as_bytes());

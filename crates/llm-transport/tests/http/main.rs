@@ -5,6 +5,7 @@
 //! `scripted`, `resume` and `websocket` drive the transport with a scripted engine whose tokens
 //! and faults are exactly timed.
 
+mod dialects;
 mod failure;
 mod real;
 mod reliability;
@@ -86,8 +87,16 @@ impl Scripted {
 }
 
 async fn scripted_with_grace(script: Script, config: TransportConfig, grace: Duration) -> Scripted {
+    serve_scripted(ScriptedEngine::new(script), config, grace).await
+}
+
+/// A server running `engine`, shut down with a `grace`.
+async fn serve_scripted(
+    engine: ScriptedEngine,
+    config: TransportConfig,
+    grace: Duration,
+) -> Scripted {
     let server = Server::new(config);
-    let engine = ScriptedEngine::new(script);
     server.set_engine(engine.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -304,3 +304,71 @@ async fn plain_answer(address: SocketAddr) -> String {
         .clone()
         .expect("content")
 }
+
+/// Every dialect at temperature 0: the streamed text is the whole answer's text, and the
+/// token counts agree, including `count_tokens` with the prompt of the same request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dialect_streams_the_text_it_answers_whole() {
+    use super::dialects::{dialect_text, json_body};
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let question = r#""What is the capital of France?""#;
+    let cases = [
+        (
+            "/v1/completions",
+            r#""temperature":0,"max_tokens":24,"prompt":"The capital of France is""#.to_owned(),
+        ),
+        (
+            "/v1/responses",
+            format!(r#""temperature":0,"max_output_tokens":24,"input":{question}"#),
+        ),
+        (
+            "/v1/messages",
+            format!(
+                r#""temperature":0,"max_tokens":24,"messages":[{{"role":"user","content":{question}}}]"#
+            ),
+        ),
+    ];
+    for (path, fields) in cases {
+        let stream = exchange(
+            test.address,
+            &post(path, &format!(r#"{{"stream":true,{fields}}}"#)),
+        )
+        .await;
+        assert_eq!(stream.status, 200, "{path}");
+        let streamed = dialect_text(&frames(&stream));
+        assert!(!streamed.trim().is_empty(), "{path}: the model answered");
+        let whole = exchange(test.address, &post(path, &format!("{{{fields}}}"))).await;
+        assert_eq!(whole.status, 200, "{path}");
+        let whole = json_body(&whole);
+        let (text, output_tokens) = match path {
+            "/v1/completions" => (
+                &whole["choices"][0]["text"],
+                &whole["usage"]["completion_tokens"],
+            ),
+            "/v1/responses" => (
+                &whole["output"][0]["content"][0]["text"],
+                &whole["usage"]["output_tokens"],
+            ),
+            _ => (
+                &whole["content"][0]["text"],
+                &whole["usage"]["output_tokens"],
+            ),
+        };
+        assert_eq!(text.as_str(), Some(streamed.as_str()), "{path}");
+        assert_eq!(output_tokens, 24, "{path}: {whole}");
+        if path == "/v1/messages" {
+            assert_eq!(whole["stop_reason"], "max_tokens");
+            let count = exchange(
+                test.address,
+                &post("/v1/messages/count_tokens", &format!("{{{fields}}}")),
+            )
+            .await;
+            assert_eq!(
+                json_body(&count)["input_tokens"],
+                whole["usage"]["input_tokens"],
+                "count_tokens agrees with the answer's usage"
+            );
+        }
+    }
+    assert_eq!(test.engine.stats().running, 0);
+}

@@ -114,7 +114,10 @@ async fn cors_preflight_and_headers_for_allowed_origins_only() {
     );
     assert_eq!(
         allowed.header("access-control-allow-headers"),
-        Some("authorization, content-type, last-event-id, x-request-id")
+        Some(
+            "authorization, content-type, last-event-id, x-request-id, x-api-key, \
+             anthropic-version, anthropic-beta, anthropic-dangerous-direct-browser-access"
+        )
     );
     let refused = exchange(test.address, &preflight("http://evil.example")).await;
     assert_eq!(refused.status, 204);
