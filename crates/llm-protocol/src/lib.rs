@@ -53,8 +53,9 @@ pub mod ws;
 
 pub use error::{Error, Result};
 pub use generate::{GenerateRequest, Prompt, MAX_ENGINE_STOP_SEQUENCES};
+pub use parse::MAX_CHOICES;
 pub use request::{
-    ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, StreamOptions, MAX_CHOICES,
+    ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, StreamOptions,
     MAX_STOP_SEQUENCES,
 };
 pub use stream::{ChatStreamDecoder, StreamEvent};

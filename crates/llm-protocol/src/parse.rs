@@ -5,7 +5,9 @@ use serde::de::{DeserializeOwned, DeserializeSeed, Error as _};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
-use crate::request::MAX_CHOICES;
+
+/// The most choices (`n`) a request may ask for, as in OpenAI's API.
+pub const MAX_CHOICES: u32 = 128;
 
 /// Parses a request body as `T`. A wrong type or a missing field is an
 /// [`Error::InvalidRequest`] whose `param` is the field's path (`messages[2].role`), and whose

@@ -18,9 +18,6 @@ use crate::types::Role;
 /// The most stop sequences a request may carry, as in OpenAI's API.
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
-/// The most choices (`n`) a request may ask for, as in OpenAI's API.
-pub const MAX_CHOICES: u32 = 128;
-
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
