@@ -258,6 +258,27 @@ fn fuzz(seconds: u64) -> Result<()> {
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(workspace_root()).args(args);
+    // `cargo run` gave this program the variables of its own package (CARGO_MANIFEST_DIR
+    // pointing at xtask/, CARGO_PKG_NAME, ...). A child cargo passes them on to build
+    // scripts, and ring's build script tracks CARGO_MANIFEST_DIR: with it set, everything
+    // built on ring (rustls, reqwest, mistral.rs) would be rebuilt each time `cargo xtask ci`
+    // follows a plain `cargo test --workspace`, or the other way round, and in every clone at
+    // another path.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
     for (key, value) in env {
         command.env(key, value);
     }
