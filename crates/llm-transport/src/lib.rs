@@ -42,6 +42,8 @@ mod connection;
 mod cors;
 mod error;
 mod metrics;
+#[cfg(feature = "test-util")]
+pub mod probe;
 mod replay;
 #[cfg(feature = "test-util")]
 mod scripted;

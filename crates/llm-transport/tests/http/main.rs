@@ -128,20 +128,7 @@ async fn scripted(script: Script, config: TransportConfig) -> Scripted {
 
 /// A request with extra header lines (each `Name: value`).
 fn request(method: &str, path: &str, headers: &[&str], body: &str) -> Vec<u8> {
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
-    for header in headers {
-        text.push_str(header);
-        text.push_str("\r\n");
-    }
-    if !body.is_empty() || method == "POST" {
-        text.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    text.push_str("\r\n");
-    text.push_str(body);
-    text.into_bytes()
+    llm_transport::probe::request(method, path, headers, body.as_bytes())
 }
 
 /// A valid WebSocket handshake for `/ws/chat`, with extra header lines.
