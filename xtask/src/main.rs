@@ -6,8 +6,10 @@
 //!   built server. `.ci/run` installs what those need.
 //! - `bench`: the benchmarks that write `docs/benchmarks.md`: the load benchmark against the
 //!   server on the default model, and the transport benchmark at 1,000 and 10,000 streams.
-//! - `reliability [SECONDS]`: the whole reliability suite: the fast tests, the slow checks of
-//!   `llm-bench reliability`, and every fuzz target for SECONDS (default 60) each.
+//! - `reliability [SECONDS] [--write-docs]`: the whole reliability suite: the fast tests, the
+//!   differential soak, every fuzz target for SECONDS (default 60) each, and the slow checks of
+//!   `llm-bench reliability`, which reports them all; `--write-docs` puts the results in
+//!   `docs/reliability.md`.
 //! - `soak [MINUTES]`: the differential soak of the test suite (a seeded random schedule of
 //!   concurrent requests against the real model, every answer compared with the same request
 //!   alone) for MINUTES (default 30); `LLM_STREAM_SOAK_SEED` repeats a schedule.
@@ -38,13 +40,20 @@ fn dispatch() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("fuzz") => fuzz(seconds(args.get(1))?),
+        Some("fuzz") => fuzz(seconds(args.get(1))?).map(drop),
         Some("bench") => bench(),
         Some("soak") => soak(minutes(args.get(1))?),
-        Some("reliability") => reliability(seconds(args.get(1))?),
+        Some("reliability") => {
+            let write_docs = args.iter().any(|arg| arg == "--write-docs");
+            let rest: Vec<&String> = args[1..]
+                .iter()
+                .filter(|arg| *arg != "--write-docs")
+                .collect();
+            reliability(seconds(rest.first().copied())?, write_docs)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench | soak [MINUTES] | reliability [FUZZ_SECONDS] | fuzz [SECONDS]"
+                "usage: cargo xtask ci | bench | soak [MINUTES] | reliability [FUZZ_SECONDS] [--write-docs] | fuzz [SECONDS]"
             );
             std::process::exit(2);
         }
@@ -113,15 +122,37 @@ fn soak(minutes: u64) -> Result<()> {
     )
 }
 
-/// The reliability suite: fast tests, slow checks, then fuzzing.
-fn reliability(fuzz_seconds: u64) -> Result<()> {
+/// The reliability suite: the fast tests, the differential soak, every fuzz target, then the
+/// slow checks of `llm-bench reliability`, which reports them all (and with `write_docs`
+/// writes them into `docs/reliability.md`).
+fn reliability(fuzz_seconds: u64, write_docs: bool) -> Result<()> {
     cargo(
         &["test", "--workspace", "--test", "http", "--", "reliability"],
         &[],
     )?;
+    let reports = target_dir()?.join("bench");
+    std::fs::create_dir_all(&reports)?;
+    let soak = reports.join("soak.json");
+    let soak_report = soak.to_string_lossy();
+    cargo(
+        &["test", "--workspace", "--test", "http", "--", "soak::"],
+        &[("LLM_STREAM_SOAK_REPORT", &soak_report)],
+    )?;
+    let runs = fuzz(fuzz_seconds)?;
+    let fuzz_report = reports.join("fuzz.json");
+    std::fs::write(&fuzz_report, serde_json::to_vec_pretty(&runs)?)?;
     cargo(&["build", "--workspace"], &[])?;
-    run(Command::new(debug_binary("llm-bench")?).arg("reliability"))?;
-    fuzz(fuzz_seconds)
+    let mut bench = Command::new(debug_binary("llm-bench")?);
+    bench
+        .arg("reliability")
+        .arg("--soak")
+        .arg(&soak)
+        .arg("--fuzz")
+        .arg(&fuzz_report);
+    if write_docs {
+        bench.arg("--write-docs");
+    }
+    run(&mut bench)
 }
 
 /// Benchmarks that write their tables into docs/benchmarks.md.
@@ -232,7 +263,8 @@ fn target_dir() -> Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
-fn fuzz(seconds: u64) -> Result<()> {
+/// Runs every fuzz target for `seconds`; what each did, from libFuzzer's final statistics.
+fn fuzz(seconds: u64) -> Result<Vec<serde_json::Value>> {
     let root = workspace_root();
     let have_fuzz = Command::new("cargo")
         .args(["+nightly", "fuzz", "--version"])
@@ -241,8 +273,10 @@ fn fuzz(seconds: u64) -> Result<()> {
     if !have_fuzz {
         run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
     }
+    let mut runs = Vec::new();
     for target in FUZZ_TARGETS {
-        run(Command::new("cargo")
+        let mut command = Command::new("cargo");
+        command
             .current_dir(root.join("fuzz"))
             .args(["+nightly", "fuzz", "run", target, "--"])
             .arg(format!("-max_total_time={seconds}"))
@@ -250,9 +284,38 @@ fn fuzz(seconds: u64) -> Result<()> {
                 "-rss_limit_mb=1024",
                 "-max_len=65536",
                 "-print_final_stats=1",
-            ]))?;
+            ]);
+        eprintln!("xtask: {command:?}");
+        let output = command
+            .output()
+            .with_context(|| format!("could not start {command:?}"))?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        let stat = |name: &str| {
+            log.lines()
+                .find_map(|line| line.strip_prefix(&format!("stat::{name}:")))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+        };
+        let tail: Vec<&str> = log.lines().rev().take(12).collect();
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+        if !output.status.success() {
+            bail!(
+                "fuzz target {target} failed with {}: a crash leaves its input in \
+                 fuzz/artifacts/{target}/",
+                output.status
+            );
+        }
+        runs.push(serde_json::json!({
+            "target": target,
+            "seconds": seconds,
+            "executions": stat("number_of_executed_units")
+                .with_context(|| format!("libFuzzer printed no statistics for {target}"))?,
+            "crashes": 0,
+            "peak_rss_mb": stat("peak_rss_mb"),
+        }));
     }
-    Ok(())
+    Ok(runs)
 }
 
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {

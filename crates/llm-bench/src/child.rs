@@ -21,6 +21,9 @@ pub(crate) struct ServeArgs {
     /// Seconds streams get to finish after SIGTERM.
     #[arg(long, default_value_t = 5.0)]
     grace_secs: f64,
+    /// Generations at once before requests are refused with 429; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    capacity: usize,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -29,7 +32,11 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::new(config);
     let script =
         Script::stamped(args.tokens).interval(Duration::from_secs_f64(args.interval_ms / 1e3));
-    server.set_engine(ScriptedEngine::new(script));
+    let engine = ScriptedEngine::new(script);
+    server.set_engine(match args.capacity {
+        0 => engine,
+        capacity => engine.capacity(capacity),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     // The parent reads the address from the first line of stdout.
     #[allow(clippy::print_stdout)] // The protocol between parent and child.
@@ -54,10 +61,21 @@ pub(crate) struct ChildServer {
 
 impl ChildServer {
     pub(crate) fn start(tokens: usize, interval_ms: f64, grace_secs: f64) -> anyhow::Result<Self> {
+        Self::with_capacity(tokens, interval_ms, grace_secs, 0)
+    }
+
+    /// A child whose engine refuses requests past `capacity` at once (0: no limit).
+    pub(crate) fn with_capacity(
+        tokens: usize,
+        interval_ms: f64,
+        grace_secs: f64,
+        capacity: usize,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve-scripted", "--tokens", &tokens.to_string()])
             .args(["--interval-ms", &interval_ms.to_string()])
             .args(["--grace-secs", &grace_secs.to_string()])
+            .args(["--capacity", &capacity.to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .context("could not start the scripted server")?;

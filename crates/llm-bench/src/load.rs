@@ -175,7 +175,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
              {table}",
             args.label, args.max_tokens, args.rounds
         );
-        stats::write_section(&format!("load-{}", args.label), &text)?;
+        stats::write_section("benchmarks.md", &format!("load-{}", args.label), &text)?;
     }
     Ok(())
 }

@@ -53,9 +53,9 @@ pub(crate) fn write_json(name: &str, value: &impl Serialize) -> anyhow::Result<P
 }
 
 /// Replaces the section between `<!-- MARKER:begin -->` and `<!-- MARKER:end -->` of
-/// `docs/benchmarks.md` (appending it when absent).
-pub(crate) fn write_section(marker: &str, text: &str) -> anyhow::Result<()> {
-    let path = root().join("docs/benchmarks.md");
+/// `docs/DOC` (appending it when absent).
+pub(crate) fn write_section(doc: &str, marker: &str, text: &str) -> anyhow::Result<()> {
+    let path = root().join("docs").join(doc);
     let (begin, end) = (
         format!("<!-- {marker}:begin -->"),
         format!("<!-- {marker}:end -->"),

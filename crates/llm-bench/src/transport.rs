@@ -142,7 +142,7 @@ pub(crate) async fn run(args: TransportArgs) -> anyhow::Result<()> {
              this machine's cores.\n\n{table}",
             args.rate, args.seconds
         );
-        stats::write_section("transport", &text)?;
+        stats::write_section("benchmarks.md", "transport", &text)?;
     }
     Ok(())
 }

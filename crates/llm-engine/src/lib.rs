@@ -37,6 +37,7 @@
 //! ```
 
 mod convert;
+mod cpu;
 mod decode;
 mod engine;
 mod error;
@@ -47,6 +48,7 @@ mod stop;
 mod stream;
 
 pub use convert::{convert_gguf, converted_path, Conversion, WeightFormat};
+pub use cpu::cpu_description;
 pub use engine::{Engine, EngineBuilder, ModelInfo, TimingsHook};
 pub use error::{BoxError, Error, Result};
 pub use fetch::{

@@ -1,0 +1,39 @@
+//! The machine a figure was measured on.
+
+/// The CPU, as `lscpu` names it, its core count, and the instruction sets the kernels choose
+/// between: what goes beside every figure, since they differ by CPU family.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, value)| value.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let have: Vec<&str> = [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+        "amx_tile",
+    ]
+    .into_iter()
+    .filter(|flag| flags.contains(flag))
+    .collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "CPU: {} ({cores} cores; flags that matter: {})",
+        field("model name"),
+        if have.is_empty() {
+            "none".to_owned()
+        } else {
+            have.join(", ")
+        }
+    )
+}
