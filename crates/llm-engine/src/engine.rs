@@ -21,8 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use either::Either;
 use indexmap::IndexMap;
+use llm_protocol::tokenize::TokenizeRequest;
 use llm_protocol::{GenerateRequest, Prompt, Role};
-use mistralrs::core::{MistralRsBuilder, TokenizationRequest};
+use mistralrs::core::{DetokenizationRequest, MistralRsBuilder, TokenizationRequest};
 use mistralrs::{
     Constraint, DefaultSchedulerMethod, MistralRs, NormalRequest, Request, RequestMessage,
     Response, SamplingParams, SchedulerConfig,
@@ -67,17 +68,23 @@ impl MistralPrompt {
         }
     }
 
-    /// The request that counts this prompt's tokens exactly as mistral.rs will prefill them.
-    fn tokenize(&self, response: mpsc::Sender<anyhow::Result<Vec<u32>>>) -> Request {
-        let (text, add_generation_prompt) = match self {
-            Self::Chat(messages) => (Either::Left(messages.clone()), true),
-            Self::Text(text) => (Either::Right(text.clone()), false),
+    /// The request that tokenizes this prompt as mistral.rs prefills it: `add_special_tokens`
+    /// as the tokenizer defines them, `add_generation_prompt` after a conversation's template.
+    fn tokenize(
+        &self,
+        add_special_tokens: bool,
+        add_generation_prompt: bool,
+        response: mpsc::Sender<anyhow::Result<Vec<u32>>>,
+    ) -> Request {
+        let text = match self {
+            Self::Chat(messages) => Either::Left(messages.clone()),
+            Self::Text(text) => Either::Right(text.clone()),
         };
         Request::Tokenize(TokenizationRequest {
             text,
             tools: None,
-            add_generation_prompt,
-            add_special_tokens: true,
+            add_generation_prompt: add_generation_prompt && matches!(self, Self::Chat(_)),
+            add_special_tokens,
             enable_thinking: None,
             reasoning_effort: None,
             response,
@@ -242,6 +249,13 @@ impl EngineBuilder {
                     model: self.model.default_name(),
                     source: error.into(),
                 })??;
+        // Token ids at or past it are refused by `detokenize`: the tokenizer would drop them
+        // without a word.
+        let vocab_size = pipeline
+            .lock()
+            .await
+            .tokenizer()
+            .map_or(usize::MAX, |tokenizer| tokenizer.get_vocab_size(true));
         let max_num_seqs = NonZeroUsize::new(self.max_num_seqs).unwrap_or(NonZeroUsize::MIN);
         let scheduler = SchedulerConfig::DefaultScheduler {
             method: DefaultSchedulerMethod::Fixed(max_num_seqs),
@@ -274,6 +288,7 @@ impl EngineBuilder {
                 runtime: tokio::runtime::Handle::current(),
                 slots: Semaphore::new(self.max_num_seqs),
                 max_num_seqs: self.max_num_seqs,
+                vocab_size,
                 admitted: AtomicUsize::new(0),
                 queue_limit: self.queue_limit,
                 event_buffer: self.event_buffer,
@@ -331,6 +346,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     slots: Semaphore,
     max_num_seqs: usize,
+    /// Token ids below it are the tokenizer's.
+    vocab_size: usize,
     /// Requests submitted and not yet ended, running or waiting: what admission bounds.
     admitted: AtomicUsize,
     queue_limit: usize,
@@ -475,13 +492,61 @@ impl Engine {
     pub async fn count_tokens(&self, request: impl Into<GenerateRequest>) -> Result<usize> {
         let request = request.into();
         request.validate()?;
+        Ok(self
+            .tokenize(&TokenizeRequest::of_prefill(&request))
+            .await?
+            .len())
+    }
+
+    /// A prompt's token ids, as `POST /tokenize` returns them: with
+    /// [`TokenizeRequest::of_prefill`], exactly the tokens a generation prefills.
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] after [`Engine::close`], [`Error::Generation`] when the chat
+    /// template or the tokenizer fails.
+    pub async fn tokenize(&self, request: &TokenizeRequest) -> Result<Vec<u32>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         let (sender, mut receiver) = mpsc::channel(1);
-        let tokenize = mistral_prompt(&request.prompt).tokenize(sender);
+        let tokenize = mistral_prompt(&request.prompt).tokenize(
+            request.add_special_tokens,
+            request.add_generation_prompt,
+            sender,
+        );
         self.inner.send_to_mistral(tokenize).await?;
-        token_count(receiver.recv().await)
+        answer_of(receiver.recv().await, "tokenization")
+    }
+
+    /// The text of token ids, special tokens included, as `POST /detokenize` returns it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] naming `tokens[i]` for an id outside the vocabulary,
+    /// [`Error::ShuttingDown`] after [`Engine::close`].
+    pub async fn detokenize(&self, tokens: &[u32]) -> Result<String> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(at) = tokens
+            .iter()
+            .position(|&id| id as usize >= self.inner.vocab_size)
+        {
+            return Err(Error::InvalidRequest {
+                param: Some(format!("tokens[{at}]")),
+                message: format!(
+                    "token {} is outside the vocabulary of {} tokens",
+                    tokens[at], self.inner.vocab_size
+                ),
+            });
+        }
+        let (sender, mut receiver) = mpsc::channel(1);
+        let detokenize = Request::Detokenize(DetokenizationRequest {
+            tokens: tokens.to_vec(),
+            skip_special_tokens: false,
+            response: sender,
+        });
+        self.inner.send_to_mistral(detokenize).await?;
+        answer_of(receiver.recv().await, "detokenization")
     }
 }
 
@@ -800,26 +865,26 @@ impl RequestTask {
     async fn count_prompt_tokens(&self) -> Result<Option<usize>> {
         let (sender, mut receiver) = mpsc::channel(1);
         self.inner
-            .send_to_mistral(self.job.prompt.tokenize(sender))
+            .send_to_mistral(self.job.prompt.tokenize(true, true, sender))
             .await?;
         // The vendored mistral.rs answers a receiver that is gone with a warning (upstream
         // panicked), so the receiver may simply be dropped when the consumer leaves.
         tokio::select! {
             () = self.deltas.closed() => Ok(None),
-            answer = receiver.recv() => token_count(answer).map(Some),
+            answer = receiver.recv() => answer_of(answer, "tokenization").map(|tokens| Some(tokens.len())),
         }
     }
 }
 
-/// The length of mistral.rs's answer to a tokenization request.
-fn token_count(answer: Option<anyhow::Result<Vec<u32>>>) -> Result<usize> {
+/// mistral.rs's answer to a tokenization or detokenization request.
+fn answer_of<T>(answer: Option<anyhow::Result<T>>, what: &str) -> Result<T> {
     match answer {
-        Some(Ok(tokens)) => Ok(tokens.len()),
+        Some(Ok(answer)) => Ok(answer),
         Some(Err(error)) => Err(Error::Generation {
             source: error.into(),
         }),
         None => Err(Error::Generation {
-            source: "mistral.rs dropped the tokenization request".into(),
+            source: format!("mistral.rs dropped the {what} request").into(),
         }),
     }
 }

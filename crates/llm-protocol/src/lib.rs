@@ -11,6 +11,7 @@
 //! - The other dialects: [`completions`] (`/v1/completions`), [`responses`] (OpenAI's
 //!   Responses API) and [`anthropic`] (Anthropic's Messages API), each with its request, its
 //!   answer and its stream events.
+//! - [`tokenize`]: `POST /tokenize` and `POST /detokenize`, in vLLM's shapes.
 //! - [`GenerateRequest`]: what every dialect's request becomes for the engine.
 //!
 //! The crate depends on no async runtime, HTTP stack or inference engine, so any Rust program
@@ -48,6 +49,7 @@ mod request;
 pub mod responses;
 pub mod sse;
 mod stream;
+pub mod tokenize;
 mod types;
 pub mod ws;
 

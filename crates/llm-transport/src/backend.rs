@@ -9,6 +9,7 @@ use std::pin::Pin;
 use futures_core::Stream;
 use futures_util::future::BoxFuture;
 use llm_engine::{Engine, EngineEvent, EngineStats, ModelInfo};
+use llm_protocol::tokenize::TokenizeRequest;
 use llm_protocol::GenerateRequest;
 
 /// The events of one generation: deltas, then one finish or error, then the end. Dropping it
@@ -27,14 +28,20 @@ pub trait Backend: Send + Sync + 'static {
     /// The engine's reason for refusing the request.
     fn submit(&self, request: &GenerateRequest) -> llm_engine::Result<EventStream>;
 
-    /// Counts the tokens of the request's prompt as the model reads it, without generating.
+    /// The token ids of a prompt as the model reads it, without generating.
     ///
     /// # Errors
     /// The engine's reason for refusing the request.
-    fn count_tokens(
+    fn tokenize(
         &self,
-        request: &GenerateRequest,
-    ) -> BoxFuture<'static, llm_engine::Result<usize>>;
+        request: &TokenizeRequest,
+    ) -> BoxFuture<'static, llm_engine::Result<Vec<u32>>>;
+
+    /// The text of token ids.
+    ///
+    /// # Errors
+    /// An id outside the vocabulary, or the engine shutting down.
+    fn detokenize(&self, tokens: Vec<u32>) -> BoxFuture<'static, llm_engine::Result<String>>;
 
     /// Current counters, for `/metrics`.
     fn stats(&self) -> EngineStats;
@@ -52,13 +59,18 @@ impl Backend for Engine {
         Ok(Box::pin(Engine::submit(self, request.clone())?))
     }
 
-    fn count_tokens(
+    fn tokenize(
         &self,
-        request: &GenerateRequest,
-    ) -> BoxFuture<'static, llm_engine::Result<usize>> {
+        request: &TokenizeRequest,
+    ) -> BoxFuture<'static, llm_engine::Result<Vec<u32>>> {
         let engine = self.clone();
         let request = request.clone();
-        Box::pin(async move { engine.count_tokens(request).await })
+        Box::pin(async move { engine.tokenize(&request).await })
+    }
+
+    fn detokenize(&self, tokens: Vec<u32>) -> BoxFuture<'static, llm_engine::Result<String>> {
+        let engine = self.clone();
+        Box::pin(async move { engine.detokenize(&tokens).await })
     }
 
     fn stats(&self) -> EngineStats {

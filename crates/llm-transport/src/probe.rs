@@ -24,7 +24,8 @@ pub struct Probe {
     /// What the probe tries, for failure messages.
     pub name: String,
     /// The route it aims at (`chat`, `completions`, `responses`, `messages`, `count_tokens`,
-    /// `eventsource`, `resume`, `websocket`, or `other`), for tallies.
+    /// `tokenize`, `detokenize`, `eventsource`, `resume`, `websocket`, or `other`), for
+    /// tallies.
     pub route: &'static str,
     /// The request as sent.
     pub request: Vec<u8>,
@@ -802,6 +803,34 @@ pub fn corpus(body_limit: usize) -> Vec<Probe> {
             None,
         ),
         (
+            "tokenize without a prompt",
+            "tokenize",
+            post("/tokenize", r#"{"model":"scripted"}"#),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "tokenize with empty messages",
+            "tokenize",
+            post("/tokenize", r#"{"messages":[]}"#),
+            400,
+            Some("messages"),
+        ),
+        (
+            "detokenize of text",
+            "detokenize",
+            post("/detokenize", r#"{"tokens":"hello"}"#),
+            400,
+            Some("tokens"),
+        ),
+        (
+            "detokenize of a negative id",
+            "detokenize",
+            post("/detokenize", r#"{"tokens":[3,-3]}"#),
+            400,
+            Some("tokens[1]"),
+        ),
+        (
             "GET on messages",
             "messages",
             get("/v1/messages"),
@@ -927,6 +956,19 @@ fn bases() -> Vec<Base> {
             path: "/v1/messages/count_tokens",
             body: json!({"model": "scripted", "system": "Be brief.",
                          "messages": [{"role": "user", "content": "hi"}]}),
+        },
+        Base {
+            route: "tokenize",
+            method: "POST",
+            path: "/tokenize",
+            body: json!({"model": "scripted", "messages": [{"role": "user", "content": "hi"}],
+                         "add_generation_prompt": true, "add_special_tokens": false}),
+        },
+        Base {
+            route: "detokenize",
+            method: "POST",
+            path: "/detokenize",
+            body: json!({"model": "scripted", "tokens": [1, 2, 3]}),
         },
         Base {
             route: "eventsource",

@@ -73,6 +73,9 @@ enum Route {
     Responses,
     Messages,
     CountTokens,
+    /// vLLM's `POST /tokenize` and `POST /detokenize`.
+    Tokenize,
+    Detokenize,
     Resume(Family, String),
     /// `GET /v1/responses/{id}`: with `stream=true`, the OpenAI SDK's way to resume.
     RetrieveResponse(String),
@@ -92,6 +95,8 @@ impl Route {
             "/v1/responses" => Self::Responses,
             "/v1/messages" => Self::Messages,
             "/v1/messages/count_tokens" => Self::CountTokens,
+            "/tokenize" => Self::Tokenize,
+            "/detokenize" => Self::Detokenize,
             "/stream" => Self::EventSource,
             "/ws/chat" => Self::WebSocket,
             _ => {
@@ -120,7 +125,9 @@ impl Route {
             | Self::Completions
             | Self::Responses
             | Self::Messages
-            | Self::CountTokens => Method::POST,
+            | Self::CountTokens
+            | Self::Tokenize
+            | Self::Detokenize => Method::POST,
             _ => Method::GET,
         }
     }
@@ -137,6 +144,8 @@ impl Route {
             Some(Self::Responses) => "/v1/responses",
             Some(Self::Messages) => "/v1/messages",
             Some(Self::CountTokens) => "/v1/messages/count_tokens",
+            Some(Self::Tokenize) => "/tokenize",
+            Some(Self::Detokenize) => "/detokenize",
             Some(Self::Resume(family, _)) => family.resume_endpoint(),
             Some(Self::RetrieveResponse(_)) => "/v1/responses/{id}",
             Some(Self::EventSource) => "/stream",
@@ -246,6 +255,8 @@ async fn dispatch(
         Route::Responses => handlers::responses(state, request, info).await,
         Route::Messages => handlers::messages(state, request, info).await,
         Route::CountTokens => handlers::count_tokens(state, request).await,
+        Route::Tokenize => handlers::tokenize(state, request).await,
+        Route::Detokenize => handlers::detokenize(state, request).await,
         Route::Resume(family, id) => {
             if !id.starts_with(family.id_prefix()) {
                 return Err(Error::StreamNotFound(id));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use llm_engine::{EngineEvent, EngineStats, Finish, ModelInfo, Timings};
+use llm_protocol::tokenize::TokenizeRequest;
 use llm_protocol::{FinishReason, GenerateRequest, Prompt, Usage};
 use tokio::time::Instant;
 
@@ -181,26 +182,34 @@ impl Backend for ScriptedEngine {
         Ok(Box::pin(futures_util::stream::unfold(run, Run::step)))
     }
 
-    /// One token per word of the prompt, and one per message: a stand-in count, stable for
-    /// tests.
-    fn count_tokens(
+    /// One token per word of the prompt, and one per message: a stand-in tokenization, stable
+    /// for tests. Ids count up from 0.
+    fn tokenize(
         &self,
-        request: &GenerateRequest,
-    ) -> BoxFuture<'static, llm_engine::Result<usize>> {
-        let count = request.validate().map(|()| match &request.prompt {
+        request: &TokenizeRequest,
+    ) -> BoxFuture<'static, llm_engine::Result<Vec<u32>>> {
+        let count: usize = match &request.prompt {
             Prompt::Chat(messages) => messages
                 .iter()
                 .map(|message| 1 + message.text().split_whitespace().count())
                 .sum(),
             Prompt::Text(text) => text.split_whitespace().count(),
-        });
+        };
         let closed = self.inner.closed.load(Ordering::Acquire);
         Box::pin(async move {
             if closed {
                 return Err(llm_engine::Error::ShuttingDown);
             }
-            Ok(count?)
+            Ok((0..count)
+                .map(|id| u32::try_from(id).unwrap_or(u32::MAX))
+                .collect())
         })
+    }
+
+    /// Each id as `<id>`: a stand-in text.
+    fn detokenize(&self, tokens: Vec<u32>) -> BoxFuture<'static, llm_engine::Result<String>> {
+        let text: String = tokens.iter().map(|id| format!("<{id}>")).collect();
+        Box::pin(async move { Ok(text) })
     }
 
     fn stats(&self) -> EngineStats {

@@ -26,7 +26,7 @@ pub(crate) fn start_generation(
     info: &RequestInfo,
 ) -> Result<(Generation, String)> {
     let backend = state.backend()?;
-    let model = check_model(request, backend.model())?;
+    let model = check_model(&request.model, backend.model())?;
     let stream = backend.submit(request)?;
     let generation = Generation::new(stream, Arc::clone(state.metrics()), info);
     Ok((generation, model))
@@ -108,9 +108,9 @@ pub(crate) fn whole_response(body: &impl serde::Serialize) -> Response<ResponseB
 ///
 /// # Errors
 /// [`Error::ModelNotFound`] for another model.
-pub(crate) fn check_model(request: &GenerateRequest, served: &ModelInfo) -> Result<String> {
-    if !request.model.is_empty() && request.model != served.name {
-        return Err(Error::ModelNotFound(request.model.clone()));
+pub(crate) fn check_model(model: &str, served: &ModelInfo) -> Result<String> {
+    if !model.is_empty() && model != served.name {
+        return Err(Error::ModelNotFound(model.to_owned()));
     }
     Ok(served.name.clone())
 }

@@ -5,6 +5,7 @@
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use llm_protocol::anthropic::{AnthropicUsage, ContentBlock, MessagesRequest, TokenCount};
+use llm_protocol::tokenize::TokenizeRequest;
 use llm_protocol::GenerateRequest;
 
 use super::generate::{
@@ -58,8 +59,12 @@ pub(crate) async fn count_tokens(
     let request = MessagesRequest::count_tokens_from_json(&body)?;
     let generate = GenerateRequest::from(&request);
     let backend = state.backend()?;
-    check_model(&generate, backend.model())?;
-    let count = backend.count_tokens(&generate).await?;
+    check_model(&generate.model, backend.model())?;
+    generate.validate()?;
+    let count = backend
+        .tokenize(&TokenizeRequest::of_prefill(&generate))
+        .await?
+        .len();
     let body = TokenCount {
         input_tokens: u32::try_from(count).unwrap_or(u32::MAX),
     };

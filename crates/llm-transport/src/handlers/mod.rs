@@ -11,6 +11,7 @@ mod info;
 mod messages;
 mod responses;
 mod resume;
+mod tokenize;
 mod websocket;
 
 pub(crate) use chat::chat_completions;
@@ -20,4 +21,5 @@ pub(crate) use info::{health, index, metrics, models};
 pub(crate) use messages::{count_tokens, messages};
 pub(crate) use responses::responses;
 pub(crate) use resume::{resume_by_path, retrieve_response};
+pub(crate) use tokenize::{detokenize, tokenize};
 pub(crate) use websocket::upgrade as websocket;

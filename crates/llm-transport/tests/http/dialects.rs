@@ -654,3 +654,73 @@ async fn metrics_label_each_dialects_routes() {
         );
     }
 }
+
+#[tokio::test]
+async fn tokenize_and_detokenize_answer_in_vllm_shapes() {
+    let test = scripted(words(), TransportConfig::default()).await;
+    let context = test.engine.model().context_length;
+    let tokenized = exchange(
+        test.address,
+        &post(
+            "/tokenize",
+            r#"{"model":"scripted","prompt":"one two three"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(tokenized.status, 200);
+    // The scripted engine's stand-in: a token per word, ids counting from 0.
+    assert_eq!(
+        json_body(&tokenized),
+        json!({"count": 3, "max_model_len": context, "tokens": [0, 1, 2], "token_strs": null})
+    );
+    let chat = exchange(
+        test.address,
+        &post(
+            "/tokenize",
+            r#"{"messages":[{"role":"user","content":"hi there"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(json_body(&chat)["count"], 3);
+    let text = exchange(test.address, &post("/detokenize", r#"{"tokens":[0,1]}"#)).await;
+    assert_eq!(text.status, 200);
+    assert_eq!(json_body(&text), json!({"prompt": "<0><1>"}));
+    for (path, body, status, param) in [
+        ("/tokenize", "{}", 400, Some("prompt")),
+        (
+            "/tokenize",
+            r#"{"prompt":"x","model":"other"}"#,
+            404,
+            Some("model"),
+        ),
+        (
+            "/tokenize",
+            r#"{"prompt":"x","return_token_strs":true}"#,
+            400,
+            Some("return_token_strs"),
+        ),
+        ("/detokenize", r#"{"tokens":"1 2"}"#, 400, Some("tokens")),
+        (
+            "/detokenize",
+            r#"{"tokens":[1,-1]}"#,
+            400,
+            Some("tokens[1]"),
+        ),
+    ] {
+        let response = exchange(test.address, &post(path, body)).await;
+        assert_eq!(response.status, status, "{path} {body}");
+        assert_eq!(
+            error_of(&response).error.param.as_deref(),
+            param,
+            "{path} {body}"
+        );
+    }
+    let wrong_method = exchange(test.address, &get("/tokenize")).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    assert_eq!(
+        test.engine.stats().started,
+        0,
+        "tokenizing generates nothing"
+    );
+}

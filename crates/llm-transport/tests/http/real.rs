@@ -372,3 +372,80 @@ async fn every_dialect_streams_the_text_it_answers_whole() {
     }
     assert_eq!(test.engine.stats().running, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_counts_what_a_generation_prefills_and_detokenize_inverts_it() {
+    use super::dialects::json_body;
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let prompt = "The capital of France is";
+    let tokenized = json_body(
+        &exchange(
+            test.address,
+            &post("/tokenize", &format!(r#"{{"prompt":"{prompt}"}}"#)),
+        )
+        .await,
+    );
+    let count = tokenized["count"].as_u64().expect("a count");
+    assert!(count > 0);
+    assert_eq!(
+        tokenized["tokens"].as_array().map(Vec::len),
+        Some(count as usize)
+    );
+    assert_eq!(
+        tokenized["max_model_len"].as_u64(),
+        Some(test.engine.model().context_length as u64)
+    );
+    let completion = json_body(
+        &exchange(
+            test.address,
+            &post(
+                "/v1/completions",
+                &format!(r#"{{"prompt":"{prompt}","max_tokens":1,"temperature":0}}"#),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(completion["usage"]["prompt_tokens"].as_u64(), Some(count));
+    let text = json_body(
+        &exchange(
+            test.address,
+            &post(
+                "/detokenize",
+                &format!(r#"{{"tokens":{}}}"#, tokenized["tokens"]),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(text["prompt"], prompt);
+
+    // A conversation counts as a chat request's prefill, chat template included.
+    let messages = r#"[{"role":"user","content":"What is the capital of France?"}]"#;
+    let chat_count = json_body(
+        &exchange(
+            test.address,
+            &post("/tokenize", &format!(r#"{{"messages":{messages}}}"#)),
+        )
+        .await,
+    )["count"]
+        .as_u64();
+    let chat = json_body(
+        &exchange(
+            test.address,
+            &post(
+                "/v1/chat/completions",
+                &format!(r#"{{"messages":{messages},"max_tokens":1,"temperature":0}}"#),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(chat["usage"]["prompt_tokens"].as_u64(), chat_count);
+
+    // An id past the vocabulary is refused, not dropped.
+    let outside = exchange(
+        test.address,
+        &post("/detokenize", r#"{"tokens":[1,4000000]}"#),
+    )
+    .await;
+    assert_eq!(outside.status, 400);
+    assert_eq!(error_of(&outside).error.param.as_deref(), Some("tokens[1]"));
+}
