@@ -156,7 +156,11 @@ mod tests {
                 "llm-server",
                 &["llm-protocol", "llm-engine", "llm-transport"],
             ),
-            ("llm-bench", &["llm-protocol", "llm-transport"]),
+            // The engine only for the CPU description every report carries.
+            (
+                "llm-bench",
+                &["llm-protocol", "llm-engine", "llm-transport"],
+            ),
         ];
         for (layer, below) in allowed {
             let direct = graph.direct(layer);
