@@ -199,6 +199,131 @@ impl<'de> Deserialize<'de> for PartSeed {
     }
 }
 
+/// Fields of OpenAI's chat request that would change the output and are not served yet: a
+/// request that sets one to anything but its no-op value is refused with 400 naming it, rather
+/// than answered as if it had not been sent.
+#[derive(Deserialize)]
+struct UnservedFields {
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+    #[serde(default)]
+    tools: Option<serde_json::Value>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    functions: Option<serde_json::Value>,
+    #[serde(default)]
+    function_call: Option<serde_json::Value>,
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
+    #[serde(default)]
+    top_logprobs: Option<serde_json::Value>,
+    #[serde(default)]
+    logit_bias: Option<serde_json::Value>,
+    #[serde(default)]
+    modalities: Option<serde_json::Value>,
+    #[serde(default)]
+    audio: Option<serde_json::Value>,
+    #[serde(default)]
+    prediction: Option<serde_json::Value>,
+    #[serde(default)]
+    web_search_options: Option<serde_json::Value>,
+}
+
+impl UnservedFields {
+    fn check(&self) -> Result<()> {
+        use serde_json::{json, Value};
+        let empty = |value: &Value| match value {
+            Value::Null => true,
+            Value::Array(items) => items.is_empty(),
+            Value::Object(map) => map.is_empty(),
+            _ => false,
+        };
+        let checks: [(&str, bool, &str); 12] = [
+            (
+                "response_format",
+                self.response_format
+                    .as_ref()
+                    .is_none_or(|value| value.is_null() || *value == json!({"type": "text"})),
+                "structured output (JSON mode, JSON schemas) is not served yet; ask for JSON in \
+                 the prompt, or leave `response_format` out",
+            ),
+            (
+                "tools",
+                self.tools.as_ref().is_none_or(empty),
+                "tool calls are not served yet",
+            ),
+            (
+                "tool_choice",
+                self.tool_choice
+                    .as_ref()
+                    .is_none_or(|value| value.is_null() || value == "none" || value == "auto"),
+                "tool calls are not served yet; only `none` and `auto` (with no tools) are accepted",
+            ),
+            (
+                "functions",
+                self.functions.as_ref().is_none_or(empty),
+                "function calls are not served yet",
+            ),
+            (
+                "function_call",
+                self.function_call
+                    .as_ref()
+                    .is_none_or(|value| value.is_null() || value == "none" || value == "auto"),
+                "function calls are not served yet",
+            ),
+            (
+                "logprobs",
+                self.logprobs
+                    .as_ref()
+                    .is_none_or(|value| value.is_null() || *value == json!(false)),
+                "log probabilities are not returned yet",
+            ),
+            (
+                "top_logprobs",
+                self.top_logprobs
+                    .as_ref()
+                    .is_none_or(|value| value.is_null() || *value == json!(0)),
+                "log probabilities are not returned yet",
+            ),
+            (
+                "logit_bias",
+                self.logit_bias.as_ref().is_none_or(empty),
+                "biasing token logits is not served",
+            ),
+            (
+                "modalities",
+                self.modalities
+                    .as_ref()
+                    .is_none_or(|value| value.is_null() || *value == json!(["text"])),
+                "only text output is served; audio output is not",
+            ),
+            (
+                "audio",
+                self.audio.as_ref().is_none_or(Value::is_null),
+                "audio output is not served",
+            ),
+            (
+                "prediction",
+                self.prediction.as_ref().is_none_or(Value::is_null),
+                "predicted outputs are not served",
+            ),
+            (
+                "web_search_options",
+                self.web_search_options.as_ref().is_none_or(Value::is_null),
+                "web search is not served",
+            ),
+        ];
+        match checks.into_iter().find(|(_, accepted, _)| !accepted) {
+            Some((field, _, reason)) => Err(Error::invalid_param(
+                field,
+                format!("`{field}` is not supported: {reason}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 impl ChatCompletionRequest {
     /// Parses and validates a request body.
     ///
@@ -208,6 +333,8 @@ impl ChatCompletionRequest {
     pub fn from_json(body: &[u8]) -> Result<Self> {
         let request: Self = parse::from_json(body)?;
         request.validate()?;
+        let unserved: UnservedFields = parse::from_json(body)?;
+        unserved.check()?;
         Ok(request)
     }
 
@@ -286,6 +413,51 @@ mod tests {
                 );
             }
             other => panic!("{body} was not rejected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_that_would_change_the_output_are_refused_not_ignored() {
+        let with =
+            |field: &str| format!(r#"{{"messages":[{{"role":"user","content":"x"}}],{field}}}"#);
+        for (field, param) in [
+            (
+                r#""response_format":{"type":"json_object"}"#,
+                "response_format",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}}"#,
+                "response_format",
+            ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
+                "tools",
+            ),
+            (r#""tool_choice":"required""#, "tool_choice"),
+            (r#""functions":[{"name":"f"}]"#, "functions"),
+            (r#""logprobs":true"#, "logprobs"),
+            (r#""top_logprobs":3"#, "top_logprobs"),
+            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
+            (r#""modalities":["text","audio"]"#, "modalities"),
+            (r#""audio":{"voice":"alloy","format":"wav"}"#, "audio"),
+            (
+                r#""prediction":{"type":"content","content":"x"}"#,
+                "prediction",
+            ),
+            (r#""web_search_options":{}"#, "web_search_options"),
+        ] {
+            check_rejected(&with(field), Some(param), "is not supported");
+        }
+        // Their no-op values change nothing and are accepted.
+        for field in [
+            r#""response_format":{"type":"text"}"#,
+            r#""tools":[],"tool_choice":"none""#,
+            r#""tool_choice":"auto""#,
+            r#""logprobs":false,"top_logprobs":0"#,
+            r#""logit_bias":{}"#,
+            r#""modalities":["text"],"audio":null,"prediction":null"#,
+        ] {
+            assert!(parse(&with(field)).is_ok(), "{field}");
         }
     }
 

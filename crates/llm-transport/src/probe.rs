@@ -562,6 +562,30 @@ pub fn corpus(body_limit: usize) -> Vec<Probe> {
         ),
         ("empty stop", with(r#""stop":[""]"#), 400, Some("stop[0]")),
         ("zero choices", with(r#""n":0"#), 400, Some("n")),
+        (
+            "JSON mode, not served yet",
+            with(r#""response_format":{"type":"json_object"}"#),
+            400,
+            Some("response_format"),
+        ),
+        (
+            "tools, not served yet",
+            with(r#""tools":[{"type":"function","function":{"name":"f"}}]"#),
+            400,
+            Some("tools"),
+        ),
+        (
+            "logprobs, not served yet",
+            with(r#""logprobs":true"#),
+            400,
+            Some("logprobs"),
+        ),
+        (
+            "audio output",
+            with(r#""modalities":["audio"]"#),
+            400,
+            Some("modalities"),
+        ),
         ("model a number", with(r#""model":5"#), 400, Some("model")),
         (
             "unknown model",
