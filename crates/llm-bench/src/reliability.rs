@@ -283,18 +283,8 @@ async fn disconnect_storms(args: &ReliabilityArgs) -> anyhow::Result<Row> {
 /// A short stream, read to its end: the time it took, and its status.
 async fn timed_request(address: SocketAddr) -> anyhow::Result<(Duration, u16)> {
     let started = Instant::now();
-    let mut socket = TcpStream::connect(address).await?;
-    let body = r#"{"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let request = post(body).replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
-    socket.write_all(request.as_bytes()).await?;
-    let mut text = String::new();
-    socket.read_to_string(&mut text).await?;
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no status line")?;
-    ensure!(text.contains("data: [DONE]"), "a stream without its end");
+    let (status, _, ended) = stream_request(address).await?;
+    ensure!(ended, "a stream without its end");
     Ok((started.elapsed(), status))
 }
 
@@ -348,17 +338,12 @@ async fn idle_sockets(args: &ReliabilityArgs) -> anyhow::Result<Row> {
 async fn status_of(address: SocketAddr) -> anyhow::Result<u16> {
     let mut socket = TcpStream::connect(address).await?;
     socket.write_all(post(STREAM).as_bytes()).await?;
-    let mut line = String::new();
-    BufReader::new(socket).read_line(&mut line).await?;
-    line.split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status in {line:?}"))
+    Ok(probe::read_head(&mut BufReader::new(socket)).await?.0)
 }
 
 /// Sends one streaming request; its status, its `Retry-After`, and whether the stream ended.
-async fn burst_request(address: SocketAddr) -> anyhow::Result<(u16, Option<String>, bool)> {
-    let probe = Probe::raw("burst", post(STREAM).into_bytes());
+async fn stream_request(address: SocketAddr) -> anyhow::Result<(u16, Option<String>, bool)> {
+    let probe = Probe::raw("stream", post(STREAM).into_bytes());
     let reply = probe::exchange(address, &probe).await?;
     let ended = String::from_utf8_lossy(&reply.body).contains("data: [DONE]");
     Ok((
@@ -377,7 +362,7 @@ async fn overload_burst(args: &ReliabilityArgs) -> anyhow::Result<Row> {
     let burst: Vec<_> = (0..args.burst)
         .map(|_| {
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(10), burst_request(address)).await
+                tokio::time::timeout(Duration::from_secs(10), stream_request(address)).await
             })
         })
         .collect();

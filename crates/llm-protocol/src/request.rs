@@ -230,92 +230,89 @@ struct UnservedFields {
     web_search_options: Option<serde_json::Value>,
 }
 
+/// What a field holds when it changes nothing: a JSON `null` is already `None`.
+type NoOp = fn(&serde_json::Value) -> bool;
+
 impl UnservedFields {
     fn check(&self) -> Result<()> {
         use serde_json::{json, Value};
-        let empty = |value: &Value| match value {
-            Value::Null => true,
+        let empty: NoOp = |value| match value {
             Value::Array(items) => items.is_empty(),
             Value::Object(map) => map.is_empty(),
             _ => false,
         };
-        let checks: [(&str, bool, &str); 12] = [
+        let no_call: NoOp = |value| value == "none" || value == "auto";
+        let never: NoOp = |_| false;
+        let checks: [(&str, &Option<Value>, NoOp, &str); 12] = [
             (
                 "response_format",
-                self.response_format
-                    .as_ref()
-                    .is_none_or(|value| value.is_null() || *value == json!({"type": "text"})),
+                &self.response_format,
+                |value| *value == json!({"type": "text"}),
                 "structured output (JSON mode, JSON schemas) is not served yet; ask for JSON in \
                  the prompt, or leave `response_format` out",
             ),
-            (
-                "tools",
-                self.tools.as_ref().is_none_or(empty),
-                "tool calls are not served yet",
-            ),
+            ("tools", &self.tools, empty, "tool calls are not served yet"),
             (
                 "tool_choice",
-                self.tool_choice
-                    .as_ref()
-                    .is_none_or(|value| value.is_null() || value == "none" || value == "auto"),
+                &self.tool_choice,
+                no_call,
                 "tool calls are not served yet; only `none` and `auto` (with no tools) are accepted",
             ),
             (
                 "functions",
-                self.functions.as_ref().is_none_or(empty),
+                &self.functions,
+                empty,
                 "function calls are not served yet",
             ),
             (
                 "function_call",
-                self.function_call
-                    .as_ref()
-                    .is_none_or(|value| value.is_null() || value == "none" || value == "auto"),
+                &self.function_call,
+                no_call,
                 "function calls are not served yet",
             ),
             (
                 "logprobs",
-                self.logprobs
-                    .as_ref()
-                    .is_none_or(|value| value.is_null() || *value == json!(false)),
+                &self.logprobs,
+                |value| *value == json!(false),
                 "log probabilities are not returned yet",
             ),
             (
                 "top_logprobs",
-                self.top_logprobs
-                    .as_ref()
-                    .is_none_or(|value| value.is_null() || *value == json!(0)),
+                &self.top_logprobs,
+                |value| *value == json!(0),
                 "log probabilities are not returned yet",
             ),
             (
                 "logit_bias",
-                self.logit_bias.as_ref().is_none_or(empty),
+                &self.logit_bias,
+                empty,
                 "biasing token logits is not served",
             ),
             (
                 "modalities",
-                self.modalities
-                    .as_ref()
-                    .is_none_or(|value| value.is_null() || *value == json!(["text"])),
+                &self.modalities,
+                |value| *value == json!(["text"]),
                 "only text output is served; audio output is not",
             ),
-            (
-                "audio",
-                self.audio.as_ref().is_none_or(Value::is_null),
-                "audio output is not served",
-            ),
+            ("audio", &self.audio, never, "audio output is not served"),
             (
                 "prediction",
-                self.prediction.as_ref().is_none_or(Value::is_null),
+                &self.prediction,
+                never,
                 "predicted outputs are not served",
             ),
             (
                 "web_search_options",
-                self.web_search_options.as_ref().is_none_or(Value::is_null),
+                &self.web_search_options,
+                never,
                 "web search is not served",
             ),
         ];
-        match checks.into_iter().find(|(_, accepted, _)| !accepted) {
-            Some((field, _, reason)) => Err(Error::invalid_param(
+        let refused = checks
+            .into_iter()
+            .find(|(_, value, no_op, _)| value.as_ref().is_some_and(|value| !no_op(value)));
+        match refused {
+            Some((field, _, _, reason)) => Err(Error::invalid_param(
                 field,
                 format!("`{field}` is not supported: {reason}"),
             )),

@@ -149,11 +149,7 @@ impl Probe {
         if (200..400).contains(&status) {
             return check_success(reply);
         }
-        let param = match self.expect {
-            Expect::Status(_, param) => Some(param),
-            _ => None,
-        };
-        check_error(self.shape(), reply, param)
+        check_error(self.shape(), reply, self.expect)
     }
 }
 
@@ -177,7 +173,7 @@ fn check_success(reply: &Reply) -> Result<(), String> {
 }
 
 /// An error must be JSON in the route's dialect, with a message.
-fn check_error(shape: Shape, reply: &Reply, param: Option<Option<&str>>) -> Result<(), String> {
+fn check_error(shape: Shape, reply: &Reply, expect: Expect) -> Result<(), String> {
     let text = String::from_utf8_lossy(&reply.body);
     if reply.header("content-type") != Some("application/json") {
         return Err(format!("an error that is not JSON: {text}"));
@@ -195,11 +191,11 @@ fn check_error(shape: Shape, reply: &Reply, param: Option<Option<&str>>) -> Resu
             Err(format!("an error not in Anthropic's shape: {text}"))
         }
         Shape::Anthropic => Ok(()),
-        Shape::OpenAi => match param {
-            Some(_) if kind != "invalid_request_error" => {
+        Shape::OpenAi => match expect {
+            Expect::Status(..) if kind != "invalid_request_error" => {
                 Err(format!("an error of type {kind}: {text}"))
             }
-            Some(Some(param)) if error["param"] != param => Err(format!(
+            Expect::Status(_, Some(param)) if error["param"] != param => Err(format!(
                 "an error blaming {}, not {param}: {text}",
                 error["param"]
             )),
@@ -273,7 +269,11 @@ fn invalid(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
 }
 
-async fn read_head(
+/// Reads a response's status line and headers.
+///
+/// # Errors
+/// The connection failed, or what came is not an HTTP response head.
+pub async fn read_head(
     reader: &mut BufReader<TcpStream>,
 ) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
