@@ -21,8 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use either::Either;
 use indexmap::IndexMap;
+use llm_protocol::format::{Grammar, OutputFormat};
 use llm_protocol::tokenize::TokenizeRequest;
 use llm_protocol::{GenerateRequest, Prompt, Role};
+use mistralrs::core::llguidance::api::TopLevelGrammar;
+use mistralrs::core::llguidance::ParserFactory;
 use mistralrs::core::{DetokenizationRequest, MistralRsBuilder, TokenizationRequest};
 use mistralrs::{
     Constraint, DefaultSchedulerMethod, MistralRs, NormalRequest, Request, RequestMessage,
@@ -251,11 +254,13 @@ impl EngineBuilder {
                 })??;
         // Token ids at or past it are refused by `detokenize`: the tokenizer would drop them
         // without a word.
-        let vocab_size = pipeline
-            .lock()
-            .await
-            .tokenizer()
-            .map_or(usize::MAX, |tokenizer| tokenizer.get_vocab_size(true));
+        let (vocab_size, grammars) = {
+            let pipeline = pipeline.lock().await;
+            let vocab_size = pipeline
+                .tokenizer()
+                .map_or(usize::MAX, |tokenizer| tokenizer.get_vocab_size(true));
+            (vocab_size, pipeline.get_metadata().llg_factory.clone())
+        };
         let max_num_seqs = NonZeroUsize::new(self.max_num_seqs).unwrap_or(NonZeroUsize::MIN);
         let scheduler = SchedulerConfig::DefaultScheduler {
             method: DefaultSchedulerMethod::Fixed(max_num_seqs),
@@ -289,6 +294,7 @@ impl EngineBuilder {
                 slots: Semaphore::new(self.max_num_seqs),
                 max_num_seqs: self.max_num_seqs,
                 vocab_size,
+                grammars,
                 admitted: AtomicUsize::new(0),
                 queue_limit: self.queue_limit,
                 event_buffer: self.event_buffer,
@@ -348,6 +354,10 @@ struct Inner {
     max_num_seqs: usize,
     /// Token ids below it are the tokenizer's.
     vocab_size: usize,
+    /// Compiles structured-output grammars over the model's vocabulary (mistral.rs's own
+    /// factory): a grammar is compiled at submission, so that one that cannot be is refused
+    /// before anything streams. `None` for a model without a tokenizer.
+    grammars: Option<Arc<ParserFactory>>,
     /// Requests submitted and not yet ended, running or waiting: what admission bounds.
     admitted: AtomicUsize,
     queue_limit: usize,
@@ -442,6 +452,8 @@ impl Engine {
     /// # Errors
     /// Fails immediately, before anything is queued, with:
     /// - [`Error::InvalidRequest`] for a request that does not validate;
+    /// - [`Error::InvalidRequest`] naming the format's field for a structured-output schema
+    ///   that cannot be compiled into a grammar;
     /// - [`Error::Unsupported`] for parameters this engine cannot honour (`n` above 1, `seed`);
     /// - [`Error::Overloaded`] when the waiting queue is full;
     /// - [`Error::ShuttingDown`] after [`close`](Self::close).
@@ -451,8 +463,8 @@ impl Engine {
     pub fn submit(&self, request: impl Into<GenerateRequest>) -> Result<ChatStream> {
         let request = request.into();
         request.validate()?;
-        let job = Job::from_request(&request)?;
         let inner = &self.inner;
+        let job = Job::from_request(&request, inner.grammars.as_deref())?;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -556,10 +568,11 @@ struct Job {
     sampling: SamplingParams,
     max_tokens: Option<usize>,
     stops: Vec<String>,
+    constraint: Constraint,
 }
 
 impl Job {
-    fn from_request(request: &GenerateRequest) -> Result<Self> {
+    fn from_request(request: &GenerateRequest, grammars: Option<&ParserFactory>) -> Result<Self> {
         if request.n.is_some_and(|n| n != 1) {
             return Err(Error::Unsupported {
                 param: "n",
@@ -590,8 +603,50 @@ impl Job {
             sampling,
             max_tokens: request.max_tokens.map(|max| max as usize),
             stops: request.stop.clone(),
+            constraint: match &request.format {
+                Some(format) => compile_format(format, grammars)?,
+                None => Constraint::None,
+            },
         })
     }
+}
+
+/// How structured JSON is laid out: one space after `,` and `:`, as most JSON a model has read
+/// is written, and no other whitespace. Left flexible, a small model can emit whitespace
+/// between tokens until `max_tokens` runs out, and the JSON never closes. A schema that sets
+/// its own `x-guidance` options (llguidance's) keeps them.
+fn json_layout() -> serde_json::Value {
+    serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    })
+}
+
+/// The mistral.rs constraint for `format`, compiled once here so that a schema that cannot be
+/// compiled is the request's error before it is queued.
+fn compile_format(format: &OutputFormat, grammars: Option<&ParserFactory>) -> Result<Constraint> {
+    let field = format.field;
+    let mut schema = match &format.grammar {
+        Grammar::JsonObject => serde_json::json!({"type": "object"}),
+        Grammar::JsonSchema(schema) => schema.clone(),
+    };
+    if let serde_json::Value::Object(map) = &mut schema {
+        map.entry("x-guidance").or_insert_with(json_layout);
+    }
+    let Some(grammars) = grammars else {
+        return Err(Error::Unsupported {
+            param: field,
+            reason: "this model has no tokenizer to constrain its output with",
+        });
+    };
+    grammars
+        .create_parser(TopLevelGrammar::from_json_schema(schema.clone()))
+        .map_err(|error| Error::InvalidRequest {
+            param: Some(field.to_owned()),
+            message: format!("the schema of `{field}` cannot be used: {error}"),
+        })?;
+    Ok(Constraint::JsonSchema(schema))
 }
 
 fn mistral_prompt(prompt: &Prompt) -> MistralPrompt {
@@ -755,7 +810,7 @@ impl RequestTask {
             // non-streaming request sends nothing until it is complete.
             is_streaming: true,
             id: usize::try_from(self.id).unwrap_or_default(),
-            constraint: Constraint::None,
+            constraint: self.job.constraint.clone(),
             suffix: None,
             tools: None,
             tool_choice: None,

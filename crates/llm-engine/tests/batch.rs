@@ -153,6 +153,43 @@ async fn long_and_short_prompts_batched_across_cache_growth_answer_as_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constrained_and_free_requests_batched_together_answer_as_alone() {
+    use llm_protocol::format::ResponseFormat;
+    let json = |prompt: &str, format: serde_json::Value| ChatCompletionRequest {
+        response_format: Some(serde_json::from_value::<ResponseFormat>(format).expect("a format")),
+        ..ask(prompt, 64)
+    };
+    let schema = serde_json::json!({"type": "json_schema", "json_schema": {"name": "colours",
+        "schema": {"type": "object", "properties": {"colours": {"type": "array",
+            "items": {"type": "string"}, "maxItems": 3}}, "required": ["colours"]}}});
+    // Each sequence's grammar masks only its own logits: a constrained neighbour changes no
+    // free answer, and a free one no constrained answer.
+    let requests = vec![
+        json(PROMPTS[0].0, schema.clone()),
+        ask(PROMPTS[1].0, 48),
+        json(PROMPTS[3].0, serde_json::json!({"type": "json_object"})),
+        ask(PROMPTS[7].0, 48),
+        json(PROMPTS[4].0, schema),
+    ];
+    let engine = engine().await;
+    let mut solo = Vec::new();
+    for request in &requests {
+        solo.push(alone(&engine, request).await);
+    }
+    for (request, answer) in requests.iter().zip(&solo) {
+        if request.response_format.is_some() {
+            let value: serde_json::Value =
+                serde_json::from_str(&answer.text).expect("a constrained answer is JSON");
+            assert!(value.is_object(), "{}", answer.text);
+        }
+    }
+    for stagger in [0, 60] {
+        let batched = together(&engine, &requests, Duration::from_millis(stagger)).await;
+        assert_same(&format!("staggered by {stagger} ms"), &solo, &batched);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_cancelled_mid_stream_do_not_change_an_answer() {
     let engine = engine().await;
     let request = ask(

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::ResponseFormat;
 use crate::generate::{GenerateRequest, Prompt};
 use crate::parse::{
     self, check_choices, check_resumable, check_sampling, check_stops, check_token_limit,
@@ -66,6 +67,12 @@ pub struct CompletionRequest {
     /// Log probabilities of the likeliest tokens: not supported.
     #[serde(default)]
     pub logprobs: Option<u32>,
+    /// Token biases: not supported, refused unless empty.
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Extension (as vLLM's): structured output, as chat's `response_format`.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     /// An end-user id, for logs.
     #[serde(default)]
     pub user: Option<String>,
@@ -144,6 +151,19 @@ impl CompletionRequest {
                 "`logprobs` is not supported on completions",
             ));
         }
+        if self
+            .logit_bias
+            .as_ref()
+            .is_some_and(|bias| !bias.is_empty())
+        {
+            return Err(Error::invalid_param(
+                "logit_bias",
+                "`logit_bias` is not supported: biasing token logits is not served",
+            ));
+        }
+        if let Some(format) = &self.response_format {
+            format.validate()?;
+        }
         Ok(())
     }
 
@@ -168,6 +188,10 @@ impl From<&CompletionRequest> for GenerateRequest {
             stop: request.stop.clone().unwrap_or_default(),
             n: request.n,
             seed: request.seed,
+            format: request
+                .response_format
+                .as_ref()
+                .and_then(ResponseFormat::output_format),
         }
     }
 }
@@ -245,6 +269,16 @@ mod tests {
             (r#"{"prompt":"x","suffix":"y"}"#, "suffix", "suffix"),
             (r#"{"prompt":"x","best_of":2}"#, "best_of", "best_of"),
             (r#"{"prompt":"x","logprobs":2}"#, "logprobs", "logprobs"),
+            (
+                r#"{"prompt":"x","logit_bias":{"7":1}}"#,
+                "logit_bias",
+                "not supported",
+            ),
+            (
+                r#"{"prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":""}}}"#,
+                "response_format.json_schema.name",
+                "letters",
+            ),
             (
                 r#"{"prompt":"x","max_tokens":0}"#,
                 "max_tokens",

@@ -5,6 +5,7 @@
 //! [`GenerateRequest`]; the engine sees nothing else.
 
 use crate::error::{Error, Result};
+use crate::format::{OutputFormat, ResponseFormat};
 use crate::parse::{check_choices, check_sampling, check_stops, check_token_limit};
 use crate::request::{ChatCompletionRequest, ChatMessage};
 
@@ -52,6 +53,8 @@ pub struct GenerateRequest {
     pub n: Option<u32>,
     /// Seed for reproducible sampling.
     pub seed: Option<i64>,
+    /// The shape the output must take, enforced token by token; `None` is free text.
+    pub format: Option<OutputFormat>,
 }
 
 impl GenerateRequest {
@@ -100,6 +103,10 @@ impl From<&ChatCompletionRequest> for GenerateRequest {
             stop: request.stop.clone().unwrap_or_default(),
             n: request.n,
             seed: request.seed,
+            format: request
+                .response_format
+                .as_ref()
+                .and_then(ResponseFormat::output_format),
         }
     }
 }
@@ -138,6 +145,7 @@ mod tests {
                 stop: vec!["x".into()],
                 n: Some(1),
                 seed: Some(3),
+                format: None,
             }
         );
         request.validate().expect("valid");

@@ -12,7 +12,8 @@
 //!   Responses API) and [`anthropic`] (Anthropic's Messages API), each with its request, its
 //!   answer and its stream events.
 //! - [`tokenize`]: `POST /tokenize` and `POST /detokenize`, in vLLM's shapes.
-//! - [`GenerateRequest`]: what every dialect's request becomes for the engine.
+//! - [`GenerateRequest`]: what every dialect's request becomes for the engine, with
+//!   [`format::OutputFormat`] for structured output.
 //!
 //! The crate depends on no async runtime, HTTP stack or inference engine, so any Rust program
 //! (a client, a proxy, a test) can use it alone.
@@ -43,6 +44,7 @@
 pub mod anthropic;
 pub mod completions;
 mod error;
+pub mod format;
 mod generate;
 mod parse;
 mod request;

@@ -9,6 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::ResponseFormat;
 use crate::parse::{
     self, check_choices, check_resumable, check_sampling, check_stops, check_token_limit,
     null_as_default, one_or_many,
@@ -66,6 +67,9 @@ pub struct ChatCompletionRequest {
     /// An end-user id, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Structured output: free text, any JSON object, or JSON that validates against a schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     /// Extension: keep the stream's events so that a client that loses the connection can
     /// resume it with `Last-Event-ID` (`GET /v1/chat/completions/{id}/stream`). Only with
     /// `stream`.
@@ -205,8 +209,6 @@ impl<'de> Deserialize<'de> for PartSeed {
 #[derive(Deserialize)]
 struct UnservedFields {
     #[serde(default)]
-    response_format: Option<serde_json::Value>,
-    #[serde(default)]
     tools: Option<serde_json::Value>,
     #[serde(default)]
     tool_choice: Option<serde_json::Value>,
@@ -243,14 +245,7 @@ impl UnservedFields {
         };
         let no_call: NoOp = |value| value == "none" || value == "auto";
         let never: NoOp = |_| false;
-        let checks: [(&str, &Option<Value>, NoOp, &str); 12] = [
-            (
-                "response_format",
-                &self.response_format,
-                |value| *value == json!({"type": "text"}),
-                "structured output (JSON mode, JSON schemas) is not served yet; ask for JSON in \
-                 the prompt, or leave `response_format` out",
-            ),
+        let checks: [(&str, &Option<Value>, NoOp, &str); 11] = [
             ("tools", &self.tools, empty, "tool calls are not served yet"),
             (
                 "tool_choice",
@@ -361,6 +356,9 @@ impl ChatCompletionRequest {
             self.stop.as_deref().unwrap_or_default(),
             MAX_STOP_SEQUENCES,
         )?;
+        if let Some(format) = &self.response_format {
+            format.validate()?;
+        }
         for (index, message) in self.messages.iter().enumerate() {
             if message.content.is_none() && message.role != Role::Assistant {
                 return Err(Error::invalid_param(
@@ -391,6 +389,7 @@ impl ChatCompletionRequest {
 mod tests {
     use super::*;
     use crate::types::Role;
+    use crate::GenerateRequest;
 
     fn parse(body: &str) -> Result<ChatCompletionRequest> {
         ChatCompletionRequest::from_json(body.as_bytes())
@@ -418,14 +417,6 @@ mod tests {
         let with =
             |field: &str| format!(r#"{{"messages":[{{"role":"user","content":"x"}}],{field}}}"#);
         for (field, param) in [
-            (
-                r#""response_format":{"type":"json_object"}"#,
-                "response_format",
-            ),
-            (
-                r#""response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}}"#,
-                "response_format",
-            ),
             (
                 r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
                 "tools",
@@ -455,6 +446,59 @@ mod tests {
             r#""modalities":["text"],"audio":null,"prediction":null"#,
         ] {
             assert!(parse(&with(field)).is_ok(), "{field}");
+        }
+    }
+
+    #[test]
+    fn response_formats_parse_and_bad_ones_are_named() {
+        let with = |format: &str| {
+            format!(
+                r#"{{"messages":[{{"role":"user","content":"x"}}],"response_format":{format}}}"#
+            )
+        };
+        let schema = r#"{"type":"json_schema","json_schema":{"name":"pt","schema":{"type":"object"},"strict":true}}"#;
+        let request = parse(&with(schema)).expect("valid");
+        assert_eq!(
+            GenerateRequest::from(&request).format,
+            Some(crate::format::OutputFormat {
+                grammar: crate::format::Grammar::JsonSchema(serde_json::json!({"type":"object"})),
+                field: "response_format",
+            })
+        );
+        for (format, param, needle) in [
+            (
+                r#"{"type":"xml"}"#,
+                "response_format.type",
+                "unknown variant `xml`",
+            ),
+            (
+                r#"{"json_schema":{"name":"a"}}"#,
+                "response_format.type",
+                "missing field",
+            ),
+            (
+                r#"{"type":"json_schema"}"#,
+                "response_format.json_schema",
+                "missing field",
+            ),
+            (
+                r#"{"type":"json_schema","json_schema":{"schema":{}}}"#,
+                "response_format.json_schema.name",
+                "missing field",
+            ),
+            (
+                r#"{"type":"json_schema","json_schema":{"name":"a b"}}"#,
+                "response_format.json_schema.name",
+                "letters, digits",
+            ),
+            (
+                r#"{"type":"json_schema","json_schema":{"name":"a","schema":1}}"#,
+                "response_format.json_schema.schema",
+                "object",
+            ),
+            (r#""json_object""#, "response_format", "invalid type"),
+        ] {
+            check_rejected(&with(format), Some(param), needle);
         }
     }
 

@@ -5,6 +5,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::TextFormat;
 use crate::generate::{GenerateRequest, Prompt};
 use crate::parse::{self, check_resumable, check_sampling, check_token_limit, null_as_default};
 use crate::request::ChatMessage;
@@ -45,7 +46,7 @@ pub struct ResponsesRequest {
     /// Tools the model may call: not supported.
     #[serde(default)]
     pub tools: Option<Vec<serde_json::Value>>,
-    /// The output format; only plain text is supported.
+    /// The output format: free text, any JSON object, or JSON that validates against a schema.
     #[serde(default)]
     pub text: Option<TextConfig>,
     /// An end-user id, for logs.
@@ -58,11 +59,11 @@ pub struct ResponsesRequest {
 }
 
 /// `text` of a request: the output format.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TextConfig {
-    /// `{"type": "text"}` is the one format supported.
+    /// The format; absent is free text.
     #[serde(default)]
-    pub format: Option<serde_json::Value>,
+    pub format: Option<TextFormat>,
 }
 
 /// The `input` of a request.
@@ -189,16 +190,15 @@ impl ResponsesRequest {
         if self.tools.as_ref().is_some_and(|tools| !tools.is_empty()) {
             return Err(Error::invalid_param("tools", "tools are not supported"));
         }
-        let format = self.text.as_ref().and_then(|text| text.format.as_ref());
-        if let Some(format) = format {
-            if format.get("type").and_then(serde_json::Value::as_str) != Some("text") {
-                return Err(Error::invalid_param(
-                    "text.format",
-                    "only the `text` output format is supported",
-                ));
-            }
+        match self.text_format() {
+            Some(format) => format.validate(),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The requested `text.format`, if any.
+    pub fn text_format(&self) -> Option<&TextFormat> {
+        self.text.as_ref().and_then(|text| text.format.as_ref())
     }
 
     /// The conversation: the instructions as a system message, then the input.
@@ -224,6 +224,7 @@ impl From<&ResponsesRequest> for GenerateRequest {
             max_tokens: request.max_output_tokens,
             temperature: request.temperature,
             top_p: request.top_p,
+            format: request.text_format().and_then(TextFormat::output_format),
             ..Self::default()
         }
     }
@@ -260,7 +261,8 @@ pub struct ResponseObject {
     pub store: bool,
     /// The request's temperature.
     pub temperature: Option<f64>,
-    /// `{"format": {"type": "text"}}`.
+    /// The request's `text` configuration: `{"format": {"type": "text"}}` unless it asked for
+    /// JSON.
     pub text: serde_json::Value,
     /// `auto`.
     pub tool_choice: String,
@@ -554,6 +556,27 @@ mod tests {
     }
 
     #[test]
+    fn a_text_format_becomes_the_engine_constraint() {
+        let request = ResponsesRequest::from_json(
+            br#"{"input":"x","text":{"format":{"type":"json_schema","name":"n","schema":{"type":"object"},"strict":true}}}"#,
+        )
+        .expect("valid");
+        let format = GenerateRequest::from(&request).format.expect("constrained");
+        assert_eq!(format.field, "text.format");
+        assert_eq!(
+            format.grammar,
+            crate::format::Grammar::JsonSchema(serde_json::json!({"type": "object"}))
+        );
+        for free in [
+            r#"{"input":"x"}"#,
+            r#"{"input":"x","text":{"format":{"type":"text"}}}"#,
+        ] {
+            let request = ResponsesRequest::from_json(free.as_bytes()).expect("valid");
+            assert_eq!(GenerateRequest::from(&request).format, None, "{free}");
+        }
+    }
+
+    #[test]
     fn what_a_stateless_text_server_cannot_do_is_refused_by_name() {
         for (body, field) in [
             (
@@ -563,8 +586,16 @@ mod tests {
             (r#"{"input":"x","background":true}"#, "background"),
             (r#"{"input":"x","tools":[{"type":"web_search"}]}"#, "tools"),
             (
-                r#"{"input":"x","text":{"format":{"type":"json_object"}}}"#,
-                "text.format",
+                r#"{"input":"x","text":{"format":{"type":"json_schema","schema":{}}}}"#,
+                "text.format.name",
+            ),
+            (
+                r#"{"input":"x","text":{"format":{"type":"json_schema","name":"a.b"}}}"#,
+                "text.format.name",
+            ),
+            (
+                r#"{"input":"x","text":{"format":{"type":"grammar"}}}"#,
+                "text.format.type",
             ),
             (r#"{"input":[]}"#, "input"),
             (

@@ -563,10 +563,18 @@ pub fn corpus(body_limit: usize) -> Vec<Probe> {
         ("empty stop", with(r#""stop":[""]"#), 400, Some("stop[0]")),
         ("zero choices", with(r#""n":0"#), 400, Some("n")),
         (
-            "JSON mode, not served yet",
-            with(r#""response_format":{"type":"json_object"}"#),
+            "an unknown response format",
+            with(r#""response_format":{"type":"yaml"}"#),
             400,
-            Some("response_format"),
+            Some("response_format.type"),
+        ),
+        (
+            "a JSON schema that is not an object",
+            with(
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"n","schema":[]}}"#,
+            ),
+            400,
+            Some("response_format.json_schema.schema"),
         ),
         (
             "tools, not served yet",

@@ -47,7 +47,9 @@ pub(crate) fn response_object(
         previous_response_id: None,
         store: false,
         temperature: request.temperature,
-        text: serde_json::json!({ "format": { "type": "text" } }),
+        text: serde_json::json!({
+            "format": request.text_format().cloned().unwrap_or_default()
+        }),
         tool_choice: "auto".to_owned(),
         tools: Vec::new(),
         top_p: request.top_p,

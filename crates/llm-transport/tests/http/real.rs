@@ -449,3 +449,107 @@ async fn tokenize_counts_what_a_generation_prefills_and_detokenize_inverts_it() 
     assert_eq!(outside.status, 400);
     assert_eq!(error_of(&outside).error.param.as_deref(), Some("tokens[1]"));
 }
+
+/// Structured output on every dialect that has it: the streamed text and the whole answer are
+/// the same JSON, holding to the schema; a schema that cannot be compiled is a 400 naming the
+/// dialect's field before anything streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_streams_json_that_holds_to_the_schema() {
+    use super::dialects::{dialect_text, json_body};
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let schema = r#"{"type":"object","properties":{"answer":{"type":"string","maxLength":30},"sure":{"type":"boolean"}},"required":["answer","sure"],"additionalProperties":false}"#;
+    let question = r#""What is the capital of France?""#;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            format!(
+                r#""temperature":0,"max_tokens":48,"messages":[{{"role":"user","content":{question}}}],
+                "response_format":{{"type":"json_schema","json_schema":{{"name":"a","strict":true,"schema":{schema}}}}}"#
+            ),
+        ),
+        (
+            "/v1/responses",
+            format!(
+                r#""temperature":0,"max_output_tokens":48,"input":{question},
+                "text":{{"format":{{"type":"json_schema","name":"a","strict":true,"schema":{schema}}}}}"#
+            ),
+        ),
+        (
+            "/v1/completions",
+            format!(
+                r#""temperature":0,"max_tokens":48,"prompt":"Q: What is the capital of France?\nA (JSON):",
+                "response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":{schema}}}}}"#
+            ),
+        ),
+    ];
+    for (path, fields) in &cases {
+        let stream = exchange(
+            test.address,
+            &post(path, &format!(r#"{{"stream":true,{fields}}}"#)),
+        )
+        .await;
+        assert_eq!(stream.status, 200, "{path}");
+        let streamed = match *path {
+            "/v1/chat/completions" => streamed_text(&frames(&stream)),
+            _ => dialect_text(&frames(&stream)),
+        };
+        let value: serde_json::Value = serde_json::from_str(&streamed)
+            .unwrap_or_else(|error| panic!("{path}: {streamed:?} is not JSON: {error}"));
+        let keys: Vec<&String> = value.as_object().expect("an object").keys().collect();
+        assert_eq!(keys, ["answer", "sure"], "{path}: {streamed}");
+        assert!(value["answer"]
+            .as_str()
+            .is_some_and(|answer| answer.chars().count() <= 30));
+        assert!(value["sure"].is_boolean(), "{path}: {streamed}");
+
+        let whole = json_body(&exchange(test.address, &post(path, &format!("{{{fields}}}"))).await);
+        let (text, finish) = match *path {
+            "/v1/chat/completions" => (
+                &whole["choices"][0]["message"]["content"],
+                &whole["choices"][0]["finish_reason"],
+            ),
+            "/v1/responses" => {
+                assert_eq!(whole["text"]["format"]["type"], "json_schema", "echoed");
+                (&whole["output"][0]["content"][0]["text"], &whole["status"])
+            }
+            _ => (
+                &whole["choices"][0]["text"],
+                &whole["choices"][0]["finish_reason"],
+            ),
+        };
+        assert_eq!(text.as_str(), Some(streamed.as_str()), "{path}");
+        let closed = if *path == "/v1/responses" {
+            "completed"
+        } else {
+            "stop"
+        };
+        assert_eq!(finish, closed, "{path}: the JSON closed");
+    }
+
+    let unusable = r##"{"$ref":"#/definitions/missing"}"##;
+    for (path, body, param) in [
+        (
+            "/v1/chat/completions",
+            format!(
+                r#"{{"stream":true,"messages":[{{"role":"user","content":"x"}}],"response_format":{{"type":"json_schema","json_schema":{{"name":"a","schema":{unusable}}}}}}}"#
+            ),
+            "response_format",
+        ),
+        (
+            "/v1/responses",
+            format!(
+                r#"{{"stream":true,"input":"x","text":{{"format":{{"type":"json_schema","name":"a","schema":{unusable}}}}}}}"#
+            ),
+            "text.format",
+        ),
+    ] {
+        let refused = exchange(test.address, &post(path, &body)).await;
+        assert_eq!(refused.status, 400, "{path}");
+        assert_eq!(
+            error_of(&refused).error.param.as_deref(),
+            Some(param),
+            "{path}"
+        );
+    }
+    assert_eq!(test.engine.stats().running, 0);
+}

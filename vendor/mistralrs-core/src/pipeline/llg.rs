@@ -6,7 +6,12 @@ use tokenizers::Tokenizer;
 
 use crate::Constraint;
 
-pub fn build_llg_factory(tokenizer: Tokenizer) -> Result<Arc<ParserFactory>> {
+// llm-stream: the grammar ends with the model's own end-of-sequence tokens (`eos_tokens`, the
+// pipeline's `eos_tok`). The toktrie guessed its one EOS from token names (`<|endoftext|>`),
+// which a chat model's template does not end with (`<|im_end|>`): a finished grammar then
+// forced a token the scheduler does not stop on, and every constrained answer ran to
+// `max_tokens` and ended with `length`.
+pub fn build_llg_factory(tokenizer: Tokenizer, eos_tokens: &[u32]) -> Result<Arc<ParserFactory>> {
     // Collect special token info before from_tokenizer() consumes the tokenizer.
     let added_special: Vec<(u32, String)> = tokenizer
         .get_added_tokens_decoder()
@@ -34,7 +39,16 @@ pub fn build_llg_factory(tokenizer: Tokenizer) -> Result<Arc<ParserFactory>> {
         }
     }
 
-    let tok_trie = toktrie::TokTrie::from(&info, &token_bytes);
+    let mut tok_trie = toktrie::TokTrie::from(&info, &token_bytes);
+    // llm-stream: see above; ids outside the vocabulary (none in a sane model) are left out.
+    let eos_tokens: Vec<u32> = eos_tokens
+        .iter()
+        .copied()
+        .filter(|&tok| tok < tok_trie.vocab_size() as u32)
+        .collect();
+    if !eos_tokens.is_empty() {
+        tok_trie = tok_trie.with_eos_tokens(&eos_tokens);
+    }
     let env = toktrie_hf_tokenizers::ByteTokenizerEnv {
         tokenizer: bt,
         tok_trie,
