@@ -531,6 +531,10 @@ def openai_suite(ctx: Context) -> None:
     r.run("openai.error_bad_model_stream", test_bad_model_stream, ctx)
     r.run("openai.error_wrong_api_key", test_wrong_api_key, ctx)
     r.run("openai.error_negative_max_tokens", test_negative_max_tokens, ctx)
+    r.run("openai.structured_parse", test_structured_parse, ctx)
+    r.run("openai.structured_stream_helper", test_structured_stream_helper, ctx)
+    r.run("openai.json_mode", test_json_mode, ctx)
+    r.run("openai.error_unusable_schema", test_unusable_schema, ctx)
     r.run("auth.missing_key_401", test_missing_key, ctx)
     r.run("auth.health_is_open", test_health_open, ctx)
     r.run("http.sse_headers_and_request_id", test_sse_headers, ctx)
@@ -733,6 +737,86 @@ def test_negative_max_tokens(ctx: Context) -> str:
             expect(error.param == "max_tokens", f"param {error.param!r}, want max_tokens")
             return "BadRequestError param=max_tokens"
     raise AssertionError("max_tokens -1 was accepted")
+
+
+STRUCTURED_QUESTION = "Tell me about Paris."
+STRUCTURED_MAX_TOKENS = 96
+
+
+@functools.cache
+def city_model():
+    """A pydantic model the SDK's helpers turn into a strict JSON schema and parse answers into."""
+    import pydantic
+
+    class City(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=40)
+        country: str = pydantic.Field(max_length=40)
+        population: int
+        capital: bool
+
+    return City
+
+
+def test_structured_parse(ctx: Context) -> str:
+    with sync_client(ctx) as client:
+        completion = client.chat.completions.parse(
+            model=ctx.model, messages=user(STRUCTURED_QUESTION), response_format=city_model(),
+            max_tokens=STRUCTURED_MAX_TOKENS, temperature=0,
+        )
+    choice = completion.choices[0]
+    expect(choice.finish_reason == "stop", f"finish_reason {choice.finish_reason!r}: {choice.message.content!r}")
+    parsed = choice.message.parsed
+    expect(isinstance(parsed, city_model()), f"parsed {parsed!r} from {choice.message.content!r}")
+    return f"parsed {choice.message.content}"
+
+
+def test_structured_stream_helper(ctx: Context) -> str:
+    args = dict(model=ctx.model, messages=user(STRUCTURED_QUESTION), response_format=city_model(),
+                max_tokens=STRUCTURED_MAX_TOKENS, temperature=0)
+    with sync_client(ctx) as client:
+        whole = client.chat.completions.parse(**args)
+        deltas, partial = 0, None
+        with client.chat.completions.stream(**args) as stream:
+            for event in stream:
+                if event.type == "content.delta":
+                    deltas += 1
+                    partial = event.parsed
+            final = stream.get_final_completion()
+    expect(deltas >= 5, f"only {deltas} content deltas: the JSON must stream token by token")
+    expect(isinstance(partial, dict) and partial, f"the last partial parse {partial!r}")
+    message = final.choices[0].message
+    same_text(message.content or "", whole.choices[0].message.content or "", "the streamed JSON")
+    expect(message.parsed == whole.choices[0].message.parsed, f"parsed {message.parsed!r}")
+    return f"{deltas} deltas, parsed {message.parsed!r}"
+
+
+def test_json_mode(ctx: Context) -> str:
+    with sync_client(ctx) as client:
+        completion = client.chat.completions.create(
+            model=ctx.model, messages=user("A cat as a JSON object with name and age."),
+            response_format={"type": "json_object"}, max_tokens=STRUCTURED_MAX_TOKENS, temperature=0,
+        )
+    content = completion.choices[0].message.content or ""
+    finish = completion.choices[0].finish_reason
+    expect(finish == "stop", f"finish_reason {finish!r}: {shorten(content)!r}")
+    value = json.loads(content)
+    expect(isinstance(value, dict), f"not an object: {content!r}")
+    return f"object {shorten(content, 80)}"
+
+
+def test_unusable_schema(ctx: Context) -> str:
+    import openai
+
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/definitions/missing"}}}
+    with sync_client(ctx) as client:
+        try:
+            client.chat.completions.create(
+                model=ctx.model, messages=user("hi"), response_format=schema, max_tokens=4, stream=True
+            )
+        except openai.BadRequestError as error:
+            expect(error.param == "response_format", f"param {error.param!r}, want response_format")
+            return "BadRequestError param=response_format"
+    raise AssertionError("a schema with a dangling $ref was accepted")
 
 
 def test_missing_key(ctx: Context) -> str:
@@ -948,6 +1032,7 @@ def dialects_suite(ctx: Context) -> None:
     r.run("responses.create_stream_equals_whole", test_responses_create_stream, ctx)
     r.run("responses.stream_helper", test_responses_stream_helper, ctx)
     r.run("responses.resume_with_retrieve", test_responses_resume, ctx)
+    r.run("responses.structured_parse", test_responses_structured_parse, ctx)
     r.run("anthropic.messages_stream_equals_create", test_anthropic_stream, ctx)
     r.run("anthropic.async_stream_events", test_anthropic_async_events, ctx)
     r.run("anthropic.count_tokens", test_anthropic_count_tokens, ctx)
@@ -1034,6 +1119,18 @@ def test_responses_resume(ctx: Context) -> str:
 # The current `anthropic` package takes no `temperature` argument; the Messages API field
 # still exists, so it goes in `extra_body`, as the SDK allows.
 GREEDY = {"temperature": 0}
+
+
+def test_responses_structured_parse(ctx: Context) -> str:
+    with sync_client(ctx) as client:
+        response = client.responses.parse(
+            model=ctx.model, input=STRUCTURED_QUESTION, text_format=city_model(),
+            max_output_tokens=STRUCTURED_MAX_TOKENS, temperature=0,
+        )
+    expect(response.status == "completed", f"status {response.status!r}: {response.output_text!r}")
+    parsed = response.output_parsed
+    expect(isinstance(parsed, city_model()), f"output_parsed {parsed!r} from {response.output_text!r}")
+    return f"output_parsed {parsed!r}"
 
 
 def anthropic_client(ctx: Context, api_key: str | None = None):
