@@ -8,9 +8,11 @@
 //! ```sh
 //! cargo run -p llm-engine --bin engine-bench [-- --model PATH.gguf] [--rounds N]
 //! cargo run -p llm-engine --bin engine-bench -- --formats   # every weight format
+//! cargo run -p llm-engine --bin engine-bench -- --structured   # the cost of a JSON constraint
 //! ```
 //!
-//! Figures are printed and written into `docs/benchmarks.md` between the `engine` markers.
+//! Figures are printed and written into `docs/benchmarks.md` between the `engine` markers
+//! (`engine-formats`, `engine-structured`).
 //! Dependencies are optimised in the dev profile, so this measures the speed `cargo run` gives.
 
 #![allow(clippy::print_stdout, missing_docs)] // A benchmark binary reports on stdout.
@@ -18,6 +20,7 @@
 use std::time::{Duration, Instant};
 
 use llm_engine::{convert_gguf, converted_path, Engine, EngineEvent, ModelSource, WeightFormat};
+use llm_protocol::format::ResponseFormat;
 use llm_protocol::{ChatCompletionRequest, ChatMessage, Role};
 
 const PROMPTS: [&str; 8] = [
@@ -201,6 +204,109 @@ async fn formats(rounds: usize) -> String {
     table
 }
 
+/// What a constraint costs: free and constrained requests measured in turn, one stream and
+/// four, with the time to first token (which includes compiling the grammar) and the generation
+/// speed. Every constrained answer must parse as JSON, or no figure is printed.
+async fn structured(engine: &Engine, rounds: usize) -> String {
+    let format = |value: serde_json::Value| {
+        Some(serde_json::from_value::<ResponseFormat>(value).expect("a format"))
+    };
+    let list = serde_json::json!({"type": "json_schema", "json_schema": {"name": "facts",
+        "schema": {"type": "array", "items": {"type": "object", "properties": {
+            "topic": {"type": "string", "maxLength": 30},
+            "fact": {"type": "string", "maxLength": 80},
+            "year": {"type": "integer", "minimum": 0}},
+            "required": ["topic", "fact", "year"], "additionalProperties": false}}}});
+    let nested = serde_json::json!({"type": "json_schema", "json_schema": {"name": "cat",
+        "schema": {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "colours": {"type": "array", "items": {"enum": ["black", "white", "grey", "ginger"]}},
+            "habits": {"type": "array", "items": {"type": "object", "properties": {
+                "habit": {"type": "string", "maxLength": 40}, "hours": {"type": "number"}},
+                "required": ["habit", "hours"]}}},
+        "required": ["name", "colours", "habits"], "additionalProperties": false}}});
+    // Prompts and formats whose answers run to the token limit, so that every row times the
+    // same number of tokens.
+    let cases = [
+        ("free text", "Describe a cat as JSON.", None),
+        (
+            "`json_object`",
+            "Describe a cat as JSON.",
+            format(serde_json::json!({"type": "json_object"})),
+        ),
+        (
+            "JSON schema: an array of objects",
+            "List facts about Paris with their years as JSON.",
+            format(list),
+        ),
+        (
+            "JSON schema: enums, nested arrays, numbers",
+            "Describe a cat and all its habits as JSON.",
+            format(nested),
+        ),
+    ];
+    let mut table = String::from(
+        "| output | streams | generated tokens per stream | time to first token | generated tok/s (all streams) | time per token against free text |\n|---|---|---|---|---|---|\n",
+    );
+    let mut free_rate = [0.0f64; 2];
+    for (index, (case, prompt, response_format)) in cases.iter().enumerate() {
+        for (slot, streams) in [1usize, 4].into_iter().enumerate() {
+            let (mut ttft, mut rates, mut generated) = (Vec::new(), Vec::new(), 0);
+            for round in 0..rounds {
+                let mut request = uncached(index * 100 + round * 8 + streams, prompt, 128);
+                request.response_format.clone_from(response_format);
+                let tasks: Vec<_> = (0..streams)
+                    .map(|_| {
+                        let (engine, request) = (engine.clone(), request.clone());
+                        tokio::spawn(async move { run_one(&engine, &request).await })
+                    })
+                    .collect();
+                let mut runs = Vec::new();
+                for task in tasks {
+                    runs.push(task.await.expect("the stream task completes"));
+                }
+                for run in &runs {
+                    if response_format.is_some() && run.generated < 128 {
+                        if let Err(error) = serde_json::from_str::<serde_json::Value>(&run.text) {
+                            println!(
+                                "{case}: {:?} is not JSON ({error}); no figure is printed",
+                                run.text
+                            );
+                            std::process::exit(1);
+                        }
+                    }
+                }
+                ttft.push(runs[0].ttft.as_secs_f64() * 1e3);
+                generated = runs[0].generated;
+                let tokens: u32 = runs.iter().map(|run| run.generated.saturating_sub(1)).sum();
+                let decoding = runs
+                    .iter()
+                    .map(|run| run.total.saturating_sub(run.ttft))
+                    .max();
+                rates.push(f64::from(tokens) / decoding.unwrap_or_default().as_secs_f64());
+            }
+            let rate = median(rates);
+            let cost = if response_format.is_none() {
+                free_rate[slot] = rate;
+                "-".to_owned()
+            } else {
+                let per_token = (1.0 / rate - 1.0 / free_rate[slot]) * 1e3 * streams as f64;
+                format!(
+                    "{per_token:+.2} ms ({:+.0}%)",
+                    (free_rate[slot] / rate - 1.0) * 100.0
+                )
+            };
+            let row = format!(
+                "| {case} | {streams} | {generated} | {:.0} ms | {rate:.1} | {cost} |\n",
+                median(ttft)
+            );
+            print!("{row}");
+            table.push_str(&row);
+        }
+    }
+    table
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -209,7 +315,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut model, mut rounds, mut by_format) = (ModelSource::Default, 3usize, false);
+    let (mut model, mut rounds, mut by_format, mut constrained) =
+        (ModelSource::Default, 3usize, false, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--model" => {
@@ -223,6 +330,7 @@ async fn main() {
                     .expect("--rounds needs a number");
             }
             "--formats" => by_format = true,
+            "--structured" => constrained = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -239,6 +347,13 @@ async fn main() {
         .expect("the model loads");
     // Warm up caches and thread pools.
     run_one(&engine, &request("Hi", 8)).await;
+    if constrained {
+        let table = structured(&engine, rounds).await;
+        let cpu = llm_engine::cpu_description();
+        println!("{cpu}");
+        write_report("engine-structured", &format!("{cpu}\n\n{table}"));
+        return;
+    }
 
     let single = single_stream(&engine, rounds).await;
     let single = format!(
