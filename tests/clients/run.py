@@ -535,6 +535,7 @@ def openai_suite(ctx: Context) -> None:
     r.run("openai.structured_stream_helper", test_structured_stream_helper, ctx)
     r.run("openai.json_mode", test_json_mode, ctx)
     r.run("openai.error_unusable_schema", test_unusable_schema, ctx)
+    r.run("openai.seed", test_seed, ctx)
     r.run("auth.missing_key_401", test_missing_key, ctx)
     r.run("auth.health_is_open", test_health_open, ctx)
     r.run("http.sse_headers_and_request_id", test_sse_headers, ctx)
@@ -817,6 +818,19 @@ def test_unusable_schema(ctx: Context) -> str:
             expect(error.param == "response_format", f"param {error.param!r}, want response_format")
             return "BadRequestError param=response_format"
     raise AssertionError("a schema with a dangling $ref was accepted")
+
+
+def test_seed(ctx: Context) -> str:
+    args = dict(model=ctx.model, messages=user("Write a story about a dragon."), max_tokens=40, temperature=1.0)
+    with sync_client(ctx) as client:
+        answers = [client.chat.completions.create(seed=seed, **args).choices[0].message.content
+                   for seed in (7, 7, 8)]
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                           client.chat.completions.create(seed=7, stream=True, **args) if chunk.choices)
+    same_text(answers[1] or "", answers[0] or "", "the same seed's answer")
+    same_text(streamed, answers[0] or "", "the same seed's streamed answer")
+    expect(answers[2] != answers[0], f"seeds 7 and 8 sampled the same answer: {shorten(answers[0] or '')!r}")
+    return "seed 7 twice and streamed: the same text; seed 8: another"
 
 
 def test_missing_key(ctx: Context) -> str:

@@ -688,7 +688,7 @@ fn soak(path: &PathBuf) -> anyhow::Result<Row> {
             "{} s of a seeded random schedule (seed {}) against the real default model: {} \
              waves of concurrent requests, {} distinct requests (prompt lengths, arrival times, \
              repeats, shared prefixes, stops, `max_tokens`, cancels, streaming, whole and \
-             WebSocket turns)",
+             WebSocket turns, seeded sampling at temperature 1, JSON-constrained output)",
             run.seconds, run.seed, run.waves, run.distinct
         ),
         held: format!(

@@ -454,7 +454,7 @@ impl Engine {
     /// - [`Error::InvalidRequest`] for a request that does not validate;
     /// - [`Error::InvalidRequest`] naming the format's field for a structured-output schema
     ///   that cannot be compiled into a grammar;
-    /// - [`Error::Unsupported`] for parameters this engine cannot honour (`n` above 1, `seed`);
+    /// - [`Error::Unsupported`] for parameters this engine cannot honour (`n` above 1);
     /// - [`Error::Overloaded`] when the waiting queue is full;
     /// - [`Error::ShuttingDown`] after [`close`](Self::close).
     ///
@@ -579,13 +579,6 @@ impl Job {
                 reason: "only one choice per request is generated; send several requests instead",
             });
         }
-        if request.seed.is_some() {
-            return Err(Error::Unsupported {
-                param: "seed",
-                reason: "mistral.rs cannot seed sampling per request; use temperature 0 for \
-                         reproducible output",
-            });
-        }
         let prompt = mistral_prompt(&request.prompt);
         let sampling = SamplingParams {
             // OpenAI's default temperature is 1; 0 means greedy, which mistral.rs maps to argmax.
@@ -596,6 +589,8 @@ impl Job {
             presence_penalty: request.presence_penalty.map(|value| value as f32),
             stop_toks: None,
             n_choices: 1,
+            // Its own RNG for a seeded request (negative seeds as their two's complement).
+            seed: request.seed.map(|seed| seed as u64),
             ..SamplingParams::neutral()
         };
         Ok(Self {

@@ -190,6 +190,49 @@ async fn constrained_and_free_requests_batched_together_answer_as_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_gives_the_same_sampled_answer_alone_after_others_and_batched() {
+    let engine = engine().await;
+    let sampled = |prompt: &str, seed: Option<i64>| ChatCompletionRequest {
+        temperature: Some(1.0),
+        seed,
+        ..ask(prompt, 48)
+    };
+    let story = "Write a story about a dragon.";
+    let first = alone(&engine, &sampled(story, Some(42))).await;
+    // Unseeded sampling in between draws from the engine's shared RNG; a seeded request's own
+    // RNG does not notice.
+    alone(&engine, &sampled(story, None)).await;
+    let again = alone(&engine, &sampled(story, Some(42))).await;
+    assert_eq!(first.text, again.text, "the same seed, the same answer");
+    let other = alone(&engine, &sampled(story, Some(43))).await;
+    assert_ne!(first.text, other.text, "another seed samples other tokens");
+    let negative = alone(&engine, &sampled(story, Some(-42))).await;
+
+    let requests = vec![
+        sampled(story, Some(42)),
+        sampled(PROMPTS[1].0, None),
+        sampled(story, Some(43)),
+        ask(PROMPTS[3].0, 48),
+        sampled(story, Some(-42)),
+        sampled(PROMPTS[2].0, None),
+    ];
+    for stagger in [0, 50] {
+        let batched = together(&engine, &requests, Duration::from_millis(stagger)).await;
+        let seeded: Vec<_> = batched
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| [0, 2, 4].contains(i))
+            .map(|(_, answer)| answer)
+            .collect();
+        assert_same(
+            &format!("seeded, staggered by {stagger} ms"),
+            &[first.clone(), other.clone(), negative.clone()],
+            &seeded,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_cancelled_mid_stream_do_not_change_an_answer() {
     let engine = engine().await;
     let request = ask(

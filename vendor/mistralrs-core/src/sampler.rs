@@ -71,6 +71,11 @@ pub struct SamplingParams {
     pub logits_bias: Option<HashMap<u32, f32>>,
     pub n_choices: usize,
     pub dry_params: Option<DrySamplingParams>,
+    /// llm-stream: a request's own sampling seed. `Some` gives each of its sequences an RNG of
+    /// its own (the seed plus the choice's index), so that the same seed draws the same tokens
+    /// whatever else runs: alone, batched, or after other requests. `None` shares the engine's.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 impl SamplingParams {
@@ -95,6 +100,7 @@ impl SamplingParams {
             logits_bias: None,
             n_choices: 1,
             dry_params: None,
+            seed: None,
         }
     }
 
@@ -117,6 +123,7 @@ impl SamplingParams {
             logits_bias: None,
             n_choices: 1,
             dry_params: None,
+            seed: None,
         }
     }
 

@@ -485,6 +485,8 @@ pub fn build_mm_features_from_ranges(
 pub struct Sequence {
     // Metadata, const
     id: usize,
+    // llm-stream: this sequence's own RNG, from its request's seed (`SamplingParams::seed`).
+    rng: Option<Arc<std::sync::Mutex<rand_isaac::Isaac64Rng>>>,
     prompt_len: usize,
     max_len: Option<usize>,
     timestamp: u128,
@@ -599,6 +601,7 @@ impl Sequence {
         let prompt_len = tokens.len();
         let _ = block_size; // Block management handled by KVCacheManager
         Self {
+            rng: None,
             tokens,
             prompt,
             logprobs: Vec::new(),
@@ -992,6 +995,22 @@ impl Sequence {
 
     pub fn return_logprobs(&self) -> bool {
         self.return_logprobs
+    }
+
+    /// llm-stream: gives the sequence an RNG of its own, seeded with `seed`.
+    pub fn set_seed(&mut self, seed: u64) {
+        use rand::SeedableRng;
+        self.rng = Some(Arc::new(std::sync::Mutex::new(
+            rand_isaac::Isaac64Rng::seed_from_u64(seed),
+        )));
+    }
+
+    /// llm-stream: the RNG this sequence samples with: its own if it was seeded, else `shared`.
+    pub fn rng_or(
+        &self,
+        shared: &Arc<std::sync::Mutex<rand_isaac::Isaac64Rng>>,
+    ) -> Arc<std::sync::Mutex<rand_isaac::Isaac64Rng>> {
+        Arc::clone(self.rng.as_ref().unwrap_or(shared))
     }
 
     pub fn prompt_tokens(&self) -> usize {

@@ -160,11 +160,11 @@ async fn errors_have_the_right_status_and_openai_shape() {
         (
             post(
                 path,
-                r#"{"messages":[{"role":"user","content":"x"}],"seed":1}"#,
+                r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
             ),
             400,
             "invalid_request_error",
-            Some("seed"),
+            Some("n"),
         ),
         (
             post(

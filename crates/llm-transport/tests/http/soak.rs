@@ -4,11 +4,12 @@
 //! Waves of concurrent requests mix prompt lengths (a few tokens to past 1,000, across every
 //! growth of the KV cache), arrival times, exact repeats, a shared system prompt and the next
 //! turn of an earlier chat (prefix-cache hits), stop sequences and `max_tokens`, streaming and
-//! non-streaming requests and WebSocket turns, and neighbours cancelled mid-stream. After each
+//! non-streaming requests and WebSocket turns, neighbours cancelled mid-stream, seeded requests
+//! sampled at temperature 1 and JSON-constrained ones (`response_format`). After each
 //! wave, each distinct request is run alone (nothing else running) once, and every batched
 //! answer must equal it byte for byte, with the same finish reason and token count; a cancelled
-//! request's text must be a prefix of it. Any error is a failure too: at temperature 0 nothing
-//! in this schedule may fail.
+//! request's text must be a prefix of it. Any error is a failure too: nothing in this schedule
+//! may fail.
 //!
 //! It runs for `LLM_STREAM_SOAK_SECS` seconds (default 150) with the seed in
 //! `LLM_STREAM_SOAK_SEED` (default: from the clock). A failure prints the seed and the first
@@ -97,13 +98,18 @@ struct Planned {
     delay: Duration,
     /// Leave after this many deltas (not for whole responses).
     cancel_after: Option<usize>,
+    /// Sampled at temperature 1 with this seed, instead of greedy.
+    seed: Option<i64>,
+    /// Constrained to a JSON object.
+    json: bool,
 }
 
 impl Planned {
     /// What makes two requests the same request: their answers must be equal.
     fn key(&self) -> String {
-        json!({"messages": self.messages, "max_tokens": self.max_tokens, "stop": self.stop})
-            .to_string()
+        json!({"messages": self.messages, "max_tokens": self.max_tokens, "stop": self.stop,
+            "seed": self.seed, "json": self.json})
+        .to_string()
     }
 
     fn body(&self, stream: bool) -> Value {
@@ -115,6 +121,13 @@ impl Planned {
         });
         if let Some(stop) = self.stop {
             body["stop"] = json!([stop]);
+        }
+        if let Some(seed) = self.seed {
+            body["seed"] = json!(seed);
+            body["temperature"] = json!(1);
+        }
+        if self.json {
+            body["response_format"] = json!({"type": "json_object"});
         }
         body
     }
@@ -194,6 +207,11 @@ impl Schedule {
                         self.rng.0.u64(..spread)
                     }),
                     cancel_after,
+                    seed: self
+                        .rng
+                        .chance(15)
+                        .then(|| self.rng.below(1000) as i64 - 500),
+                    json: self.rng.chance(10),
                 }
             })
             .collect()

@@ -595,6 +595,10 @@ impl Engine {
                 request.return_raw_logits,
                 eos_toks,
             );
+            // llm-stream: a seeded request's sequences each draw from their own RNG.
+            if let Some(seed) = request.sampling_params.seed {
+                seq.set_seed(seed.wrapping_add(response_index as u64));
+            }
 
             // Only "track" a new sequence if it is a traditional one
             if matches!(seq_step_type, SeqStepType::PromptAndDecode) {

@@ -449,11 +449,13 @@ pub async fn sample_and_add_toks(
     let sampling_futures: Vec<_> = std::iter::zip(logits_seq, seqs.iter_mut())
         .map(|(logits_per_seq, seq)| {
             let return_logprobs = seq.return_logprobs();
+            // llm-stream: a seeded sequence draws from its own RNG.
+            let rng = seq.rng_or(&rng);
             sample_sequence(
                 logits_per_seq,
                 seq,
                 return_logprobs,
-                rng.clone(),
+                rng,
                 use_async_pool,
                 false,
                 use_async_pool,
