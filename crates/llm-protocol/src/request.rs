@@ -230,6 +230,19 @@ struct UnservedFields {
     prediction: Option<serde_json::Value>,
     #[serde(default)]
     web_search_options: Option<serde_json::Value>,
+    #[serde(default)]
+    store: Option<serde_json::Value>,
+    #[serde(default)]
+    verbosity: Option<serde_json::Value>,
+    #[serde(default)]
+    stream_options: Option<UnservedStreamOptions>,
+}
+
+/// `stream_options` fields not served yet.
+#[derive(Deserialize)]
+struct UnservedStreamOptions {
+    #[serde(default)]
+    continuous_usage_stats: Option<serde_json::Value>,
 }
 
 /// What a field holds when it changes nothing: a JSON `null` is already `None`.
@@ -245,7 +258,11 @@ impl UnservedFields {
         };
         let no_call: NoOp = |value| value == "none" || value == "auto";
         let never: NoOp = |_| false;
-        let checks: [(&str, &Option<Value>, NoOp, &str); 11] = [
+        let continuous_usage = self
+            .stream_options
+            .as_ref()
+            .and_then(|options| options.continuous_usage_stats.clone());
+        let checks: [(&str, &Option<Value>, NoOp, &str); 14] = [
             ("tools", &self.tools, empty, "tool calls are not served yet"),
             (
                 "tool_choice",
@@ -301,6 +318,25 @@ impl UnservedFields {
                 &self.web_search_options,
                 never,
                 "web search is not served",
+            ),
+            (
+                "store",
+                &self.store,
+                |value| *value == json!(false),
+                "this server stores no completions; leave `store` out or set it to false",
+            ),
+            (
+                "verbosity",
+                &self.verbosity,
+                |value| *value == json!("medium"),
+                "the served model has no verbosity control; say in the prompt how long to answer",
+            ),
+            (
+                "stream_options.continuous_usage_stats",
+                &continuous_usage,
+                |value| *value == json!(false),
+                "usage on every chunk is not served yet; use `include_usage` for one usage chunk \
+                 at the end",
             ),
         ];
         let refused = checks
@@ -433,6 +469,12 @@ mod tests {
                 "prediction",
             ),
             (r#""web_search_options":{}"#, "web_search_options"),
+            (r#""store":true"#, "store"),
+            (r#""verbosity":"low""#, "verbosity"),
+            (
+                r#""stream":true,"stream_options":{"continuous_usage_stats":true}"#,
+                "stream_options.continuous_usage_stats",
+            ),
         ] {
             check_rejected(&with(field), Some(param), "is not supported");
         }
@@ -444,6 +486,9 @@ mod tests {
             r#""logprobs":false,"top_logprobs":0"#,
             r#""logit_bias":{}"#,
             r#""modalities":["text"],"audio":null,"prediction":null"#,
+            r#""store":false,"verbosity":"medium","metadata":{"k":"v"},"service_tier":"auto""#,
+            r#""parallel_tool_calls":true,"prompt_cache_key":"k","safety_identifier":"s""#,
+            r#""reasoning_effort":"low","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":false,"include_obfuscation":true}"#,
         ] {
             assert!(parse(&with(field)).is_ok(), "{field}");
         }
