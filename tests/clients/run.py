@@ -536,6 +536,7 @@ def openai_suite(ctx: Context) -> None:
     r.run("openai.json_mode", test_json_mode, ctx)
     r.run("openai.error_unusable_schema", test_unusable_schema, ctx)
     r.run("openai.seed", test_seed, ctx)
+    r.run("openai.logprobs", test_logprobs, ctx)
     r.run("auth.missing_key_401", test_missing_key, ctx)
     r.run("auth.health_is_open", test_health_open, ctx)
     r.run("http.sse_headers_and_request_id", test_sse_headers, ctx)
@@ -831,6 +832,30 @@ def test_seed(ctx: Context) -> str:
     same_text(streamed, answers[0] or "", "the same seed's streamed answer")
     expect(answers[2] != answers[0], f"seeds 7 and 8 sampled the same answer: {shorten(answers[0] or '')!r}")
     return "seed 7 twice and streamed: the same text; seed 8: another"
+
+
+def test_logprobs(ctx: Context) -> str:
+    args = dict(model=ctx.model, messages=user(QUESTION), max_tokens=24, temperature=0, logprobs=True, top_logprobs=3)
+    with sync_client(ctx) as client:
+        whole = client.chat.completions.create(**args)
+        streamed = []
+        for chunk in client.chat.completions.create(stream=True, **args):
+            if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+                content = chunk.choices[0].logprobs.content
+                joined = "".join(token.token for token in content)
+                expect(joined == chunk.choices[0].delta.content, f"chunk tokens {joined!r} vs {chunk.choices[0].delta.content!r}")
+                streamed.extend(content)
+    content = whole.choices[0].logprobs.content
+    expect(len(content) == whole.usage.completion_tokens, f"{len(content)} tokens, usage {whole.usage.completion_tokens}")
+    expect("".join(token.token for token in content) == whole.choices[0].message.content, "tokens join to the answer")
+    expect([token.model_dump() for token in streamed] == [token.model_dump() for token in content],
+           "the streamed logprobs equal the whole answer's")
+    for token in content:
+        expect(token.logprob <= 0, f"logprob {token.logprob} of {token.token!r}")
+        expect(len(token.top_logprobs) == 3, f"{len(token.top_logprobs)} top_logprobs")
+        expect(token.top_logprobs[0].token == token.token, f"greedy token {token.token!r} is not the top one")
+        expect(bytes(token.bytes or []).decode("utf-8", "replace") == token.token, f"bytes of {token.token!r}")
+    return f"{len(content)} tokens, first {content[0].token!r} {content[0].logprob:.3f}"
 
 
 def test_missing_key(ctx: Context) -> str:

@@ -23,7 +23,7 @@ use either::Either;
 use indexmap::IndexMap;
 use llm_protocol::format::{Grammar, OutputFormat};
 use llm_protocol::tokenize::TokenizeRequest;
-use llm_protocol::{GenerateRequest, Prompt, Role};
+use llm_protocol::{GenerateRequest, Prompt, Role, TokenLogprob, TopLogprob};
 use mistralrs::core::llguidance::api::TopLevelGrammar;
 use mistralrs::core::llguidance::ParserFactory;
 use mistralrs::core::{DetokenizationRequest, MistralRsBuilder, TokenizationRequest};
@@ -37,7 +37,7 @@ use crate::decode::{Chunk, Decoded, ResponseDecoder};
 use crate::error::{Error, Result};
 use crate::model::{EngineDevice, ModelSource, Weights};
 use crate::stats::{Counters, EngineStats, GaugeGuard};
-use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, Timings};
+use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, TextDelta, Timings};
 
 /// Capacity of each request's channel from mistral.rs. The request's task drains it at once,
 /// so it only absorbs scheduling jitter.
@@ -569,6 +569,8 @@ struct Job {
     max_tokens: Option<usize>,
     stops: Vec<String>,
     constraint: Constraint,
+    /// Report log probabilities, with this many alternatives.
+    logprobs: Option<u8>,
 }
 
 impl Job {
@@ -591,6 +593,7 @@ impl Job {
             n_choices: 1,
             // Its own RNG for a seeded request (negative seeds as their two's complement).
             seed: request.seed.map(|seed| seed as u64),
+            top_n_logprobs: request.logprobs.map_or(0, usize::from),
             ..SamplingParams::neutral()
         };
         Ok(Self {
@@ -602,6 +605,7 @@ impl Job {
                 Some(format) => compile_format(format, grammars)?,
                 None => Constraint::None,
             },
+            logprobs: request.logprobs,
         })
     }
 }
@@ -673,8 +677,12 @@ enum MistralChunk {
 }
 
 impl MistralChunk {
-    /// Feeds the chunk's one choice to `decoder`; `None` for a chunk without a choice.
-    fn decode(self, decoder: &mut ResponseDecoder) -> Option<Decoded> {
+    /// Feeds the chunk's one choice to `decoder`; `None` for a chunk without a choice. With
+    /// the decoded text comes the chunk's token log probability, if it carries one.
+    fn decode(
+        self,
+        decoder: &mut ResponseDecoder,
+    ) -> Option<(Decoded, Option<mistralrs::core::ResponseLogprob>)> {
         match self {
             Self::Chat(chunk) => {
                 let usage = chunk
@@ -682,22 +690,60 @@ impl MistralChunk {
                     .as_ref()
                     .map(|usage| (usage.prompt_tokens, usage.completion_tokens));
                 let choice = chunk.choices.into_iter().next()?;
-                Some(decoder.push(Chunk {
+                let decoded = decoder.push(Chunk {
                     text: choice.delta.content.as_deref().unwrap_or_default(),
                     finish_reason: choice.finish_reason.as_deref(),
                     usage,
-                }))
+                });
+                Some((decoded, choice.logprobs))
             }
             // Completion chunks carry no token counts: the decoder's own are used.
             Self::Text(chunk) => {
                 let choice = chunk.choices.into_iter().next()?;
-                Some(decoder.push(Chunk {
+                let decoded = decoder.push(Chunk {
                     text: &choice.text,
                     finish_reason: choice.finish_reason.as_deref(),
                     usage: None,
-                }))
+                });
+                Some((decoded, choice.logprobs))
             }
         }
+    }
+}
+
+/// A token's text and bytes as the model's vocabulary holds them (a special token by its
+/// name). Without a token table, the id alone.
+fn token_text(grammars: Option<&ParserFactory>, id: u32) -> (String, Vec<u8>) {
+    let bytes = grammars.map_or_else(
+        || format!("<token {id}>").into_bytes(),
+        |grammars| grammars.tok_env().tok_trie().decode_ext(&[id], true),
+    );
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+/// mistral.rs's log probability of one token (natural logs, from the vendored sampler), in
+/// OpenAI's shape.
+fn token_logprob(
+    grammars: Option<&ParserFactory>,
+    logprob: &mistralrs::core::ResponseLogprob,
+) -> TokenLogprob {
+    let (token, bytes) = token_text(grammars, logprob.token_id);
+    TokenLogprob {
+        token,
+        logprob: logprob.logprob,
+        bytes: Some(bytes),
+        top_logprobs: logprob
+            .top_logprobs
+            .iter()
+            .map(|top| {
+                let (token, bytes) = token_text(grammars, top.token);
+                TopLogprob {
+                    token,
+                    logprob: top.logprob,
+                    bytes: Some(bytes),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -706,7 +752,7 @@ struct RequestTask {
     inner: Arc<Inner>,
     id: u64,
     job: Job,
-    deltas: mpsc::Sender<String>,
+    deltas: mpsc::Sender<TextDelta>,
     terminal: TerminalSlot,
     submitted: Instant,
 }
@@ -800,7 +846,7 @@ impl RequestTask {
                 ..self.job.sampling.clone()
             },
             response: sender,
-            return_logprobs: false,
+            return_logprobs: self.job.logprobs.is_some(),
             // Always streaming: mistral.rs notices a dropped receiver only on a send, and a
             // non-streaming request sends nothing until it is complete.
             is_streaming: true,
@@ -825,6 +871,8 @@ impl RequestTask {
             queue,
             ..Timings::default()
         };
+        // Log probabilities of tokens whose text the decoder has not released yet.
+        let mut pending = Vec::new();
         loop {
             let response = tokio::select! {
                 biased;
@@ -858,13 +906,16 @@ impl RequestTask {
                     });
                 }
             };
-            let Some(decoded) = chunk.decode(&mut decoder) else {
+            let Some((decoded, logprob)) = chunk.decode(&mut decoder) else {
                 continue;
             };
+            if let Some(logprob) = logprob.filter(|_| self.job.logprobs.is_some()) {
+                pending.push(token_logprob(self.inner.grammars.as_deref(), &logprob));
+            }
             Counters::add(&self.inner.counters.generated_tokens, 1);
             match decoded {
                 Decoded::Text(text) => {
-                    if let Err(outcome) = self.emit(text, &mut timings) {
+                    if let Err(outcome) = self.emit(text, &mut pending, &mut timings) {
                         return outcome;
                     }
                 }
@@ -874,7 +925,7 @@ impl RequestTask {
                     stop_sequence,
                     usage,
                 } => {
-                    if let Err(outcome) = self.emit(text, &mut timings) {
+                    if let Err(outcome) = self.emit(text, &mut pending, &mut timings) {
                         return outcome;
                     }
                     timings.total = self.submitted.elapsed();
@@ -890,8 +941,15 @@ impl RequestTask {
         }
     }
 
-    /// Hands a delta to the consumer without ever waiting for it.
-    fn emit(&self, text: String, timings: &mut Timings) -> Result<(), Outcome> {
+    /// Hands a delta to the consumer without ever waiting for it, with the log probabilities
+    /// of the tokens its text completes. Log probabilities without text (a stop sequence's
+    /// tokens, the end-of-answer token) are dropped, as OpenAI reports none for them.
+    fn emit(
+        &self,
+        text: String,
+        pending: &mut Vec<TokenLogprob>,
+        timings: &mut Timings,
+    ) -> Result<(), Outcome> {
         if text.is_empty() {
             return Ok(());
         }
@@ -900,7 +958,10 @@ impl RequestTask {
             Ok(slot) => {
                 timings.time_to_first_token.get_or_insert(at);
                 timings.token_times.push(at);
-                slot.send(text);
+                slot.send(TextDelta {
+                    text,
+                    logprobs: std::mem::take(pending),
+                });
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(())) => Err(Outcome::Failed(Error::SlowConsumer {

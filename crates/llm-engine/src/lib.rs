@@ -26,7 +26,7 @@
 //! let mut stream = engine.submit(&request)?;
 //! while let Some(event) = stream.next().await {
 //!     match event {
-//!         EngineEvent::Delta(text) => print!("{text}"),
+//!         EngineEvent::Delta(delta) => print!("{}", delta.text),
 //!         EngineEvent::Finished(finish) => println!("\n[{}]", finish.reason.as_str()),
 //!         EngineEvent::Error(error) => return Err(error),
 //!         _ => {}
@@ -57,4 +57,4 @@ pub use fetch::{
 };
 pub use model::{EngineDevice, ModelSource, Weights};
 pub use stats::EngineStats;
-pub use stream::{ChatStream, Completion, EngineEvent, Finish, Timings};
+pub use stream::{ChatStream, Collecting, Completion, EngineEvent, Finish, TextDelta, Timings};

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use llm_protocol::{FinishReason, Usage};
+use llm_protocol::{FinishReason, TokenLogprob, Usage};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -15,11 +15,31 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub enum EngineEvent {
     /// New text. Always whole UTF-8 characters; never empty.
-    Delta(String),
+    Delta(TextDelta),
     /// The generation ended normally. Nothing follows.
     Finished(Finish),
     /// The generation failed. Nothing follows.
     Error(Error),
+}
+
+/// A piece of generated text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TextDelta {
+    /// The text: whole UTF-8 characters, never empty.
+    pub text: String,
+    /// With `logprobs` asked for, the tokens whose text this delta releases, each with its
+    /// log probability (a token holding part of a character comes with the delta that
+    /// completes it); otherwise empty.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl From<String> for TextDelta {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            logprobs: Vec::new(),
+        }
+    }
 }
 
 /// How a generation ended.
@@ -64,8 +84,36 @@ impl Timings {
 pub struct Completion {
     /// The generated text.
     pub text: String,
+    /// Its tokens' log probabilities, when they were asked for.
+    pub logprobs: Vec<TokenLogprob>,
     /// How generation ended.
     pub finish: Finish,
+}
+
+/// A whole answer being read from a request's events, as a non-streaming client wants it.
+#[derive(Debug, Default)]
+pub struct Collecting {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+}
+
+impl Collecting {
+    /// Takes the next event; the whole answer (or the error) once the event is the last.
+    pub fn add(&mut self, event: EngineEvent) -> Option<Result<Completion>> {
+        match event {
+            EngineEvent::Delta(delta) => {
+                self.text.push_str(&delta.text);
+                self.logprobs.extend(delta.logprobs);
+                None
+            }
+            EngineEvent::Finished(finish) => Some(Ok(Completion {
+                text: std::mem::take(&mut self.text),
+                logprobs: std::mem::take(&mut self.logprobs),
+                finish,
+            })),
+            EngineEvent::Error(error) => Some(Err(error)),
+        }
+    }
 }
 
 /// The final event of a request, handed from the request's task to its stream outside the
@@ -82,13 +130,13 @@ pub(crate) type TerminalSlot = Arc<Mutex<Option<EngineEvent>>>;
 /// dropped before it completes.
 #[derive(Debug)]
 pub struct ChatStream {
-    deltas: mpsc::Receiver<String>,
+    deltas: mpsc::Receiver<TextDelta>,
     terminal: TerminalSlot,
     ended: bool,
 }
 
 impl ChatStream {
-    pub(crate) fn new(deltas: mpsc::Receiver<String>, terminal: TerminalSlot) -> Self {
+    pub(crate) fn new(deltas: mpsc::Receiver<TextDelta>, terminal: TerminalSlot) -> Self {
         Self {
             deltas,
             terminal,
@@ -109,12 +157,10 @@ impl ChatStream {
     /// # Errors
     /// The error the generation ended with.
     pub async fn collect(mut self) -> Result<Completion> {
-        let mut text = String::new();
+        let mut answer = Collecting::default();
         while let Some(event) = self.next().await {
-            match event {
-                EngineEvent::Delta(delta) => text.push_str(&delta),
-                EngineEvent::Finished(finish) => return Ok(Completion { text, finish }),
-                EngineEvent::Error(error) => return Err(error),
+            if let Some(done) = answer.add(event) {
+                return done;
             }
         }
         Err(ended_early())

@@ -233,6 +233,38 @@ async fn a_seed_gives_the_same_sampled_answer_alone_after_others_and_batched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_batched_are_the_logprobs_alone() {
+    let engine = engine().await;
+    let requests: Vec<_> = PROMPTS
+        .iter()
+        .take(6)
+        .enumerate()
+        .map(|(i, &(prompt, max_tokens))| ChatCompletionRequest {
+            logprobs: i % 3 != 2,
+            top_logprobs: Some(if i % 3 == 0 { 3 } else { 0 }),
+            ..ask(prompt, max_tokens)
+        })
+        .collect();
+    let mut solo = Vec::new();
+    for request in &requests {
+        solo.push(alone(&engine, request).await);
+    }
+    for stagger in [0, 80] {
+        let batched = together(&engine, &requests, Duration::from_millis(stagger)).await;
+        for (i, (solo, batched)) in solo.iter().zip(&batched).enumerate() {
+            let batched = batched.as_ref().expect("answers");
+            // Bit for bit: the same floats, whatever the neighbours.
+            assert_eq!(
+                batched.logprobs, solo.logprobs,
+                "request {i}, stagger {stagger}"
+            );
+            assert_eq!(batched.logprobs.is_empty(), i % 3 == 2, "request {i}");
+        }
+        assert_same(&format!("staggered by {stagger} ms"), &solo, &batched);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_cancelled_mid_stream_do_not_change_an_answer() {
     let engine = engine().await;
     let request = ask(

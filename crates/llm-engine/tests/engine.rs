@@ -20,7 +20,7 @@ async fn drain(mut stream: ChatStream) -> (Vec<String>, Result<Finish, Error>) {
     let mut deltas = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
-            EngineEvent::Delta(text) => deltas.push(text),
+            EngineEvent::Delta(delta) => deltas.push(delta.text),
             EngineEvent::Finished(finish) => return (deltas, Ok(finish)),
             EngineEvent::Error(error) => return (deltas, Err(error)),
         }
@@ -552,4 +552,80 @@ fn devices_parse() {
         assert_eq!(EngineDevice::parse(bad), None, "{bad}");
     }
     assert_eq!(EngineDevice::Cuda(2).to_string(), "cuda:2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_are_natural_logs_and_the_greedy_token_is_the_top_one() {
+    let engine = engine(Engine::builder()).await;
+    for (prompt, max_tokens) in [
+        ("What is the capital of France?", 40),
+        // Korean characters take several tokens each: a token holding part of one comes with
+        // the delta that completes it.
+        ("한국의 4계절을 설명해줘", 24),
+    ] {
+        let request = ChatCompletionRequest {
+            logprobs: true,
+            top_logprobs: Some(5),
+            ..ask(prompt, max_tokens)
+        };
+        let (deltas, finish) = {
+            let mut stream = engine.submit(&request).expect("accepted");
+            let mut deltas = Vec::new();
+            loop {
+                match stream.next().await.expect("an event") {
+                    EngineEvent::Delta(delta) => deltas.push(delta),
+                    EngineEvent::Finished(finish) => break (deltas, finish),
+                    EngineEvent::Error(error) => panic!("{error}"),
+                }
+            }
+        };
+        let plain = engine
+            .submit(ask(prompt, max_tokens))
+            .expect("accepted")
+            .collect()
+            .await
+            .expect("answers");
+        let text: String = deltas.iter().map(|delta| delta.text.as_str()).collect();
+        assert_eq!(text, plain.text, "asking for logprobs changes no answer");
+        let mut tokens = 0;
+        for delta in &deltas {
+            assert!(
+                !delta.logprobs.is_empty(),
+                "every delta has its tokens: {delta:?}"
+            );
+            // A delta's text is exactly the bytes of its tokens.
+            let bytes: Vec<u8> = delta
+                .logprobs
+                .iter()
+                .flat_map(|token| token.bytes.clone().expect("bytes"))
+                .collect();
+            assert_eq!(bytes, delta.text.as_bytes(), "{delta:?}");
+            for token in &delta.logprobs {
+                tokens += 1;
+                assert!(
+                    token.logprob <= 0.0 && token.logprob.is_finite(),
+                    "{token:?}"
+                );
+                assert_eq!(token.top_logprobs.len(), 5, "{token:?}");
+                assert!(
+                    token
+                        .top_logprobs
+                        .windows(2)
+                        .all(|pair| pair[0].logprob >= pair[1].logprob),
+                    "most likely first: {token:?}"
+                );
+                let top = &token.top_logprobs[0];
+                assert_eq!(
+                    (&top.bytes, top.logprob),
+                    (&token.bytes, token.logprob),
+                    "greedy: the chosen token is the top one"
+                );
+                let mass: f32 = token.top_logprobs.iter().map(|top| top.logprob.exp()).sum();
+                assert!(mass <= 1.0 + 1e-4, "probabilities, not scores: {token:?}");
+            }
+        }
+        // Every generated token is reported but the end-of-answer token, which has no text.
+        let ended = u32::from(finish.reason == FinishReason::Stop);
+        assert_eq!(tokens + ended, finish.usage.completion_tokens, "{prompt}");
+    }
 }

@@ -76,7 +76,7 @@ async fn stream(engine: &Engine, request: &ChatCompletionRequest) -> (String, Fi
     let mut text = String::new();
     while let Some(event) = stream.next().await {
         match event {
-            EngineEvent::Delta(delta) => text.push_str(&delta),
+            EngineEvent::Delta(delta) => text.push_str(&delta.text),
             EngineEvent::Finished(finish) => return (text, finish.reason),
             EngineEvent::Error(error) => panic!("failed: {error}"),
         }

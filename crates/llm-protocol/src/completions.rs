@@ -192,6 +192,7 @@ impl From<&CompletionRequest> for GenerateRequest {
                 .response_format
                 .as_ref()
                 .and_then(ResponseFormat::output_format),
+            logprobs: None,
         }
     }
 }

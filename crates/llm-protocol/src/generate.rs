@@ -55,6 +55,9 @@ pub struct GenerateRequest {
     pub seed: Option<i64>,
     /// The shape the output must take, enforced token by token; `None` is free text.
     pub format: Option<OutputFormat>,
+    /// Report each generated token's log probability, with this many of the likeliest
+    /// alternatives (0 to [`MAX_TOP_LOGPROBS`](crate::MAX_TOP_LOGPROBS)); `None` reports none.
+    pub logprobs: Option<u8>,
 }
 
 impl GenerateRequest {
@@ -85,6 +88,18 @@ impl GenerateRequest {
             return Err(Error::invalid_param("top_k", "`top_k` must be at least 1"));
         }
         check_choices(self.n)?;
+        if self
+            .logprobs
+            .is_some_and(|top| u32::from(top) > crate::MAX_TOP_LOGPROBS)
+        {
+            return Err(Error::invalid_param(
+                "top_logprobs",
+                format!(
+                    "`top_logprobs` must be between 0 and {}",
+                    crate::MAX_TOP_LOGPROBS
+                ),
+            ));
+        }
         check_stops("stop", &self.stop, MAX_ENGINE_STOP_SEQUENCES)
     }
 }
@@ -107,6 +122,13 @@ impl From<&ChatCompletionRequest> for GenerateRequest {
                 .response_format
                 .as_ref()
                 .and_then(ResponseFormat::output_format),
+            logprobs: request.logprobs.then(|| {
+                let top = request
+                    .top_logprobs
+                    .unwrap_or(0)
+                    .min(crate::MAX_TOP_LOGPROBS);
+                u8::try_from(top).unwrap_or(u8::MAX)
+            }),
         }
     }
 }
@@ -146,6 +168,7 @@ mod tests {
                 n: Some(1),
                 seed: Some(3),
                 format: None,
+                logprobs: None,
             }
         );
         request.validate().expect("valid");

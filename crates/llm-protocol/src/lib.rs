@@ -60,10 +60,11 @@ pub use generate::{GenerateRequest, Prompt, MAX_ENGINE_STOP_SEQUENCES};
 pub use parse::MAX_CHOICES;
 pub use request::{
     ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, StreamOptions,
-    MAX_STOP_SEQUENCES,
+    MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS,
 };
 pub use stream::{ChatStreamDecoder, StreamEvent};
 pub use types::{
-    ApiError, AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta,
-    ErrorBody, FinishReason, Model, ModelList, Role, Usage,
+    ApiError, AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs,
+    ChunkChoice, Delta, ErrorBody, FinishReason, Model, ModelList, Role, TokenLogprob, TopLogprob,
+    Usage,
 };

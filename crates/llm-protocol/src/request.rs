@@ -19,6 +19,9 @@ use crate::types::Role;
 /// The most stop sequences a request may carry, as in OpenAI's API.
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
+/// The most `top_logprobs` a request may ask for, as in OpenAI's API.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -67,6 +70,17 @@ pub struct ChatCompletionRequest {
     /// An end-user id, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Return each generated token with its log probability.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub logprobs: bool,
+    /// With `logprobs`: how many of the likeliest tokens to list at each position, 0 to
+    /// [`MAX_TOP_LOGPROBS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
     /// Structured output: free text, any JSON object, or JSON that validates against a schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
@@ -217,10 +231,6 @@ struct UnservedFields {
     #[serde(default)]
     function_call: Option<serde_json::Value>,
     #[serde(default)]
-    logprobs: Option<serde_json::Value>,
-    #[serde(default)]
-    top_logprobs: Option<serde_json::Value>,
-    #[serde(default)]
     logit_bias: Option<serde_json::Value>,
     #[serde(default)]
     modalities: Option<serde_json::Value>,
@@ -262,7 +272,7 @@ impl UnservedFields {
             .stream_options
             .as_ref()
             .and_then(|options| options.continuous_usage_stats.clone());
-        let checks: [(&str, &Option<Value>, NoOp, &str); 14] = [
+        let checks: [(&str, &Option<Value>, NoOp, &str); 12] = [
             ("tools", &self.tools, empty, "tool calls are not served yet"),
             (
                 "tool_choice",
@@ -281,18 +291,6 @@ impl UnservedFields {
                 &self.function_call,
                 no_call,
                 "function calls are not served yet",
-            ),
-            (
-                "logprobs",
-                &self.logprobs,
-                |value| *value == json!(false),
-                "log probabilities are not returned yet",
-            ),
-            (
-                "top_logprobs",
-                &self.top_logprobs,
-                |value| *value == json!(0),
-                "log probabilities are not returned yet",
             ),
             (
                 "logit_bias",
@@ -395,6 +393,20 @@ impl ChatCompletionRequest {
         if let Some(format) = &self.response_format {
             format.validate()?;
         }
+        if let Some(top) = self.top_logprobs {
+            if top > MAX_TOP_LOGPROBS {
+                return Err(Error::invalid_param(
+                    "top_logprobs",
+                    format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+            if top > 0 && !self.logprobs {
+                return Err(Error::invalid_param(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+        }
         for (index, message) in self.messages.iter().enumerate() {
             if message.content.is_none() && message.role != Role::Assistant {
                 return Err(Error::invalid_param(
@@ -459,8 +471,6 @@ mod tests {
             ),
             (r#""tool_choice":"required""#, "tool_choice"),
             (r#""functions":[{"name":"f"}]"#, "functions"),
-            (r#""logprobs":true"#, "logprobs"),
-            (r#""top_logprobs":3"#, "top_logprobs"),
             (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
             (r#""modalities":["text","audio"]"#, "modalities"),
             (r#""audio":{"voice":"alloy","format":"wav"}"#, "audio"),
@@ -491,6 +501,25 @@ mod tests {
             r#""reasoning_effort":"low","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":false,"include_obfuscation":true}"#,
         ] {
             assert!(parse(&with(field)).is_ok(), "{field}");
+        }
+    }
+
+    #[test]
+    fn logprobs_parse_and_their_range_is_checked() {
+        let with =
+            |fields: &str| format!(r#"{{"messages":[{{"role":"user","content":"x"}}],{fields}}}"#);
+        let request = parse(&with(r#""logprobs":true,"top_logprobs":20"#)).expect("valid");
+        assert_eq!(GenerateRequest::from(&request).logprobs, Some(20));
+        let request = parse(&with(r#""logprobs":true"#)).expect("valid");
+        assert_eq!(GenerateRequest::from(&request).logprobs, Some(0));
+        let request = parse(&with(r#""logprobs":null,"top_logprobs":0"#)).expect("valid");
+        assert_eq!(GenerateRequest::from(&request).logprobs, None);
+        for (fields, needle) in [
+            (r#""logprobs":true,"top_logprobs":21"#, "between 0 and 20"),
+            (r#""top_logprobs":2"#, "needs `logprobs: true`"),
+            (r#""logprobs":true,"top_logprobs":-1"#, "top_logprobs"),
+        ] {
+            check_rejected(&with(fields), Some("top_logprobs"), needle);
         }
     }
 

@@ -145,9 +145,10 @@ pub struct Choice {
     pub index: u32,
     /// The answer.
     pub message: AssistantMessage,
-    /// Always `null`: log probabilities are not produced.
+    /// The chunk's tokens with their log probabilities, when the request asked for
+    /// `logprobs`; otherwise `null`.
     #[serde(default)]
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChoiceLogprobs>,
     /// Why generation stopped.
     #[serde(default)]
     pub finish_reason: Option<FinishReason>,
@@ -206,9 +207,10 @@ pub struct ChunkChoice {
     /// What this chunk adds.
     #[serde(default)]
     pub delta: Delta,
-    /// Always `null`: log probabilities are not produced.
+    /// The chunk's tokens with their log probabilities, when the request asked for
+    /// `logprobs`; otherwise `null`.
     #[serde(default)]
-    pub logprobs: Option<serde_json::Value>,
+    pub logprobs: Option<ChoiceLogprobs>,
     /// `null` until the last chunk of the choice.
     #[serde(default)]
     pub finish_reason: Option<FinishReason>,
@@ -321,6 +323,38 @@ fn string_or_number<'de, D: Deserializer<'de>>(
             Some(other) => Some(other.to_string()),
         },
     )
+}
+
+/// `logprobs` of a choice: each generated token with its log probability.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    /// One entry per token of the text, in order.
+    pub content: Vec<TokenLogprob>,
+}
+
+/// One generated token, as OpenAI reports it under `logprobs.content`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text (invalid UTF-8, as in a token that holds part of a character,
+    /// replaced; `bytes` is exact).
+    pub token: String,
+    /// Natural log of the token's probability under the model, at most 0.
+    pub logprob: f32,
+    /// The token's UTF-8 bytes.
+    pub bytes: Option<Vec<u8>>,
+    /// The likeliest tokens at this position, most likely first (`top_logprobs` of them).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One of the likeliest tokens at a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes.
+    pub bytes: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

@@ -270,7 +270,7 @@ impl Run {
             self.sent += 1;
             self.token_times.push(self.submitted.elapsed());
             inner.generated.fetch_add(1, Ordering::Relaxed);
-            return Some((EngineEvent::Delta(token), self));
+            return Some((EngineEvent::Delta(token.into()), self));
         }
         let reason = if self.sent < script.tokens.len() {
             FinishReason::Length

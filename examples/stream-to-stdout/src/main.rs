@@ -29,8 +29,8 @@ async fn main() -> Result<(), llm_engine::Error> {
     let mut stdout = std::io::stdout();
     while let Some(event) = stream.next().await {
         match event {
-            EngineEvent::Delta(text) => {
-                print!("{text}");
+            EngineEvent::Delta(delta) => {
+                print!("{}", delta.text);
                 // Show each token as it arrives rather than line by line.
                 let _ = stdout.flush();
             }

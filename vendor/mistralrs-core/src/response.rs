@@ -62,6 +62,9 @@ generate_repr!(Delta);
 #[derive(Debug, Clone, Serialize)]
 /// A logprob with the top logprobs for this token.
 pub struct ResponseLogprob {
+    /// llm-stream: the token's id; `token` is its text (in a stream, the chunk's delta).
+    #[serde(skip)]
+    pub token_id: u32,
     pub token: String,
     pub logprob: f32,
     pub bytes: Option<Vec<u8>>,

@@ -411,6 +411,11 @@ impl Sampler {
         })
     }
 
+    /// llm-stream: how many of the likeliest tokens a request asked to see at each position.
+    pub fn top_n_logprobs(&self) -> usize {
+        self.top_n_logprobs
+    }
+
     fn get_top_logprobs(&self, probs: &[f32]) -> Result<Vec<TopLogprob>> {
         let k = self.top_n_logprobs.min(probs.len());
         if k == 0 {
@@ -1085,6 +1090,44 @@ impl Sampler {
         };
         Ok(next_token)
     }
+}
+
+/// llm-stream: the natural log probabilities of `logits`, the model's raw scores at one
+/// position: `token`'s, and the `top_n` likeliest tokens' (most likely first, ties by id).
+/// Computed in f64 from the row's maximum, so they do not depend on how the sampler then
+/// transforms the row (temperature, penalties, top-k/top-p, a grammar's mask). Upstream
+/// reported `log10` of whatever the sampler had at hand: of the raw logits at temperature 0
+/// (positive "log probabilities"), of truncated probabilities otherwise.
+pub fn natural_logprobs(logits: &[f32], token: u32, top_n: usize) -> (f32, Vec<TopLogprob>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits
+        .iter()
+        .map(|&logit| (f64::from(logit) - f64::from(max)).exp())
+        .sum::<f64>()
+        .ln();
+    let logprob = |logit: f32| ((f64::from(logit) - f64::from(max)) - log_sum).min(0.0) as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(top_n + 1);
+    if top_n > 0 {
+        for (id, &logit) in logits.iter().enumerate() {
+            if top.len() == top_n && logit <= top[top_n - 1].1 {
+                continue;
+            }
+            let at = top.partition_point(|&(_, kept)| kept >= logit);
+            top.insert(at, (id as u32, logit));
+            top.truncate(top_n);
+        }
+    }
+    let chosen = logits.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    (
+        logprob(chosen),
+        top.into_iter()
+            .map(|(id, logit)| TopLogprob {
+                token: id,
+                logprob: logprob(logit),
+                bytes: None,
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

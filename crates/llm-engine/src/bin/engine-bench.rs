@@ -61,7 +61,7 @@ async fn run_one(engine: &Engine, request: &ChatCompletionRequest) -> Run {
         match event {
             EngineEvent::Delta(delta) => {
                 ttft.get_or_insert_with(|| started.elapsed());
-                text.push_str(&delta);
+                text.push_str(&delta.text);
             }
             EngineEvent::Finished(finish) => {
                 return Run {

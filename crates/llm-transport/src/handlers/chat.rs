@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use llm_protocol::{AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, Role};
+use llm_protocol::{
+    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, Role,
+};
 
 use super::generate::{collect, start_generation, start_stream, whole_response, StreamOptions};
 use crate::body::ResponseBody;
@@ -72,7 +74,9 @@ async fn complete(
                 role: Role::Assistant,
                 content: Some(completion.text),
             },
-            logprobs: None,
+            logprobs: request.logprobs.then_some(ChoiceLogprobs {
+                content: completion.logprobs,
+            }),
             finish_reason: Some(completion.finish.reason),
         }],
         usage: Some(completion.finish.usage),

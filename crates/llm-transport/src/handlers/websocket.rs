@@ -247,7 +247,9 @@ impl Session {
 
     async fn on_event(&mut self, event: Option<EngineEvent>) -> Step {
         let message = match event {
-            Some(EngineEvent::Delta(content)) => ServerMessage::Token { content },
+            Some(EngineEvent::Delta(delta)) => ServerMessage::Token {
+                content: delta.text,
+            },
             Some(EngineEvent::Finished(finish)) => {
                 self.current = None;
                 ServerMessage::Done {

@@ -8,7 +8,10 @@
 
 use bytes::Bytes;
 use llm_engine::Finish;
-use llm_protocol::{ChatCompletionChunk, ChunkChoice, Delta, FinishReason, Role, Usage};
+use llm_protocol::{
+    ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, Delta, FinishReason, Role, TokenLogprob,
+    Usage,
+};
 
 use super::encoder::Encoder;
 use super::frame::Framer;
@@ -108,6 +111,19 @@ impl Encoder for ChunkEncoder {
             .text_event(None, &self.delta_prefix, text, DELTA_SUFFIX)
     }
 
+    /// A delta chunk with `logprobs.content`: serialized, as it is sent only when asked for.
+    fn delta_with_logprobs(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Bytes {
+        let delta = Delta {
+            role: None,
+            content: Some(text.to_owned()),
+        };
+        let mut chunk = self.meta.chunk(delta, None);
+        chunk.choices[0].logprobs = Some(ChoiceLogprobs {
+            content: logprobs.to_vec(),
+        });
+        self.framer.json(None, &chunk)
+    }
+
     fn finish(&mut self, finish: &Finish) -> Vec<Bytes> {
         self.end(finish.reason.clone(), Some(finish.usage))
     }
@@ -153,5 +169,38 @@ mod tests {
                 assert_eq!(fast.delta(text), expected, "{text:?}");
             }
         }
+    }
+
+    /// A delta with log probabilities, exactly as OpenAI's chunk carries them.
+    #[test]
+    fn a_delta_with_logprobs_is_openais_chunk() {
+        use llm_protocol::TopLogprob;
+        let meta = ChunkMeta {
+            id: "chatcmpl-1".to_owned(),
+            created: 7,
+            model: "m".to_owned(),
+            include_usage: false,
+        };
+        let mut encoder = ChunkEncoder::new(meta, false);
+        let token = |text: &str, logprob: f32| TokenLogprob {
+            token: text.to_owned(),
+            logprob,
+            bytes: Some(text.as_bytes().to_vec()),
+            top_logprobs: vec![TopLogprob {
+                token: text.to_owned(),
+                logprob,
+                bytes: Some(text.as_bytes().to_vec()),
+            }],
+        };
+        let frame = encoder.delta_with_logprobs(" Hi!", &[token(" Hi", -0.5), token("!", -0.25)]);
+        assert_eq!(
+            std::str::from_utf8(&frame).expect("UTF-8"),
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\
+             \"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" Hi!\"},\
+             \"logprobs\":{\"content\":[{\"token\":\" Hi\",\"logprob\":-0.5,\"bytes\":[32,72,105],\
+             \"top_logprobs\":[{\"token\":\" Hi\",\"logprob\":-0.5,\"bytes\":[32,72,105]}]},\
+             {\"token\":\"!\",\"logprob\":-0.25,\"bytes\":[33],\"top_logprobs\":[{\"token\":\"!\",\
+             \"logprob\":-0.25,\"bytes\":[33]}]}]},\"finish_reason\":null}]}\n\n"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use llm_engine::Finish;
+use llm_protocol::TokenLogprob;
 
 use crate::error::Error;
 
@@ -15,6 +16,13 @@ pub(crate) trait Encoder: Send + 'static {
     /// The frame of one piece of text. This is the one frame written per token: it should
     /// allocate once.
     fn delta(&mut self, text: &str) -> Bytes;
+
+    /// The frame of a piece of text with its tokens' log probabilities. Dialects that report
+    /// none (their requests cannot ask for them) send the text alone.
+    fn delta_with_logprobs(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Bytes {
+        let _ = logprobs;
+        self.delta(text)
+    }
 
     /// The frames that end a finished generation, the stream's end marker included.
     fn finish(&mut self, finish: &Finish) -> Vec<Bytes>;

@@ -75,7 +75,13 @@ impl Generation {
         encoder: &mut dyn Encoder,
     ) -> Option<(Vec<Bytes>, bool)> {
         Some(match self.next_event().await? {
-            EngineEvent::Delta(text) => (vec![encoder.delta(&text)], false),
+            EngineEvent::Delta(delta) if delta.logprobs.is_empty() => {
+                (vec![encoder.delta(&delta.text)], false)
+            }
+            EngineEvent::Delta(delta) => (
+                vec![encoder.delta_with_logprobs(&delta.text, &delta.logprobs)],
+                false,
+            ),
             EngineEvent::Finished(finish) => (encoder.finish(&finish), true),
             EngineEvent::Error(error) => {
                 let error = Error::Engine(error);
@@ -91,12 +97,10 @@ impl Generation {
     /// # Errors
     /// The error the generation ended with.
     pub(crate) async fn collect(&mut self) -> Result<Completion, llm_engine::Error> {
-        let mut text = String::new();
+        let mut answer = llm_engine::Collecting::default();
         while let Some(event) = self.next_event().await {
-            match event {
-                EngineEvent::Delta(delta) => text.push_str(&delta),
-                EngineEvent::Finished(finish) => return Ok(Completion { text, finish }),
-                EngineEvent::Error(error) => return Err(error),
+            if let Some(done) = answer.add(event) {
+                return done;
             }
         }
         Err(llm_engine::Error::Generation {

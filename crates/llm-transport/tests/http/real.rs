@@ -553,3 +553,75 @@ async fn structured_output_streams_json_that_holds_to_the_schema() {
     }
     assert_eq!(test.engine.stats().running, 0);
 }
+
+/// `logprobs` on chat: every streamed content chunk carries its tokens, and together they are
+/// the whole answer's `logprobs.content`; without `logprobs` chunks keep `"logprobs": null`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_stream_with_every_chunk_and_equal_the_whole_answers() {
+    use super::dialects::json_body;
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let fields = format!(r#""logprobs":true,"top_logprobs":2,{ASK}"#);
+    let stream = exchange(
+        test.address,
+        &post(
+            "/v1/chat/completions",
+            &format!(r#"{{"stream":true,{fields}}}"#),
+        ),
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    let mut streamed = Vec::new();
+    for frame in frames(&stream) {
+        let Some(data) = frame.strip_prefix("data: ") else {
+            continue;
+        };
+        if data.trim() == "[DONE]" {
+            continue;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).expect("JSON");
+        let choice = &chunk["choices"][0];
+        match choice["delta"]["content"].as_str() {
+            Some(text) if !text.is_empty() => {
+                let content = choice["logprobs"]["content"].as_array().expect("logprobs");
+                let joined: String = content
+                    .iter()
+                    .map(|token| token["token"].as_str().expect("token"))
+                    .collect();
+                assert_eq!(joined, text, "{data}");
+                streamed.extend(content.iter().cloned());
+            }
+            _ => assert!(choice["logprobs"].is_null(), "{data}"),
+        }
+    }
+    let whole = json_body(
+        &exchange(
+            test.address,
+            &post("/v1/chat/completions", &format!("{{{fields}}}")),
+        )
+        .await,
+    );
+    let content = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs");
+    assert_eq!(&streamed, content);
+    assert_eq!(content.len(), 24, "one per token: {whole}");
+    for token in content {
+        assert!(token["logprob"]
+            .as_f64()
+            .is_some_and(|logprob| logprob <= 0.0));
+        assert_eq!(token["top_logprobs"].as_array().map(Vec::len), Some(2));
+        assert_eq!(token["top_logprobs"][0]["token"], token["token"], "greedy");
+    }
+    let plain = json_body(
+        &exchange(
+            test.address,
+            &post("/v1/chat/completions", &format!("{{{ASK}}}")),
+        )
+        .await,
+    );
+    assert!(plain["choices"][0]["logprobs"].is_null());
+    assert_eq!(
+        plain["choices"][0]["message"],
+        whole["choices"][0]["message"]
+    );
+}

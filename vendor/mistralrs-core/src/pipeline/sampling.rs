@@ -150,6 +150,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                             finish_reason: is_done.map(|x| x.to_string()),
                             logprobs: if seq.return_logprobs() {
                                 Some(crate::ResponseLogprob {
+                                    token_id: logprobs.token,
                                     token: delta,
                                     bytes: logprobs.bytes.clone().map(|b| b.into_bytes()),
                                     logprob: logprobs.logprob,
@@ -167,6 +168,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                                 finish_reason: is_done.map(|x| x.to_string()),
                                 logprobs: if seq.return_logprobs() {
                                     Some(crate::ResponseLogprob {
+                                        token_id: logprobs.token,
                                         token: delta,
                                         bytes: logprobs.bytes.clone().map(|b| b.into_bytes()),
                                         logprob: logprobs.logprob,
@@ -178,12 +180,22 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                             },
                         );
                     }
-                } else if let Some(reason) = is_done.as_ref() {
+                } else if is_done.is_some() || seq.return_logprobs() {
                     // llm-stream: the sequence ended on a token that leaves a character
                     // unfinished (a cut inside a multi-byte UTF-8 character), so there is no text
                     // to send; still send the final chunk, with its finish reason and usage.
                     // Upstream sent nothing, and the stream closed without saying why it ended:
                     // a consumer could not tell a finished answer from an engine that died.
+                    // With logprobs, a token without text (part of a character) gets its chunk
+                    // too, so that its log probability reaches the consumer.
+                    let reason = is_done.as_ref();
+                    let token_logprob = seq.return_logprobs().then(|| crate::ResponseLogprob {
+                        token_id: logprobs.token,
+                        token: String::new(),
+                        bytes: None,
+                        logprob: logprobs.logprob,
+                        top_logprobs: logprobs.top_logprobs.clone().unwrap_or_default(),
+                    });
                     if seq.get_mut_group().is_chat {
                         seq.add_streaming_chunk_choice_to_group(crate::ChunkChoice {
                             delta: crate::Delta {
@@ -193,16 +205,16 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                                 reasoning_content: None,
                             },
                             index: seq.get_response_index(),
-                            finish_reason: Some(reason.to_string()),
-                            logprobs: None,
+                            finish_reason: reason.map(ToString::to_string),
+                            logprobs: token_logprob,
                         });
                     } else {
                         seq.add_streaming_completion_chunk_choice_to_group(
                             crate::CompletionChunkChoice {
                                 text: String::new(),
                                 index: seq.get_response_index(),
-                                logprobs: None,
-                                finish_reason: Some(reason.to_string()),
+                                logprobs: token_logprob,
+                                finish_reason: reason.map(ToString::to_string),
                             },
                         );
                     }
@@ -267,6 +279,7 @@ pub(crate) async fn finish_or_add_toks_to_seq(
                 let mut logprobs = Vec::new();
                 for logprob in seq.logprobs() {
                     let resp_logprob = crate::ResponseLogprob {
+                        token_id: logprob.token,
                         token: crate::handle_seq_error_ok!(
                         tokenizer
                         .as_ref()
@@ -492,6 +505,14 @@ pub async fn sample_sequence(
     multiple_sequences: bool,
 ) -> Result<Logprobs> {
     let logits = logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?;
+    // llm-stream: log probabilities are computed here, from the raw logits
+    // (`natural_logprobs`); the sampler's own (log10, wrong at temperature 0) are not asked for.
+    let raw_logits: Option<Vec<f32>> = if return_logprobs {
+        Some(logits.to_vec1()?)
+    } else {
+        None
+    };
+    let return_logprobs = false;
 
     let sampler = seq.sampler();
     let ctx_clone = seq.get_toks().to_vec();
@@ -591,6 +612,17 @@ pub async fn sample_sequence(
         SequenceRecognizer::None => {}
     }
 
+    let mut second_logprobs_response = second_logprobs_response;
+    if let Some(raw_logits) = raw_logits {
+        // llm-stream: see above.
+        let (logprob, top) = crate::sampler::natural_logprobs(
+            &raw_logits,
+            second_logprobs_response.token,
+            seq.sampler().top_n_logprobs(),
+        );
+        second_logprobs_response.logprob = logprob;
+        second_logprobs_response.top_logprobs = Some(top);
+    }
     Ok(second_logprobs_response)
 }
 
