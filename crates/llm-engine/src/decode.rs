@@ -107,7 +107,8 @@ impl ResponseDecoder {
         }
     }
 
-    fn usage(&self) -> Usage {
+    /// Token counts so far.
+    pub(crate) fn usage(&self) -> Usage {
         Usage::new(count(self.prompt_tokens), count(self.tokens))
     }
 }

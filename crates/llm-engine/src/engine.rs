@@ -23,7 +23,7 @@ use either::Either;
 use indexmap::IndexMap;
 use llm_protocol::format::{Grammar, OutputFormat};
 use llm_protocol::tokenize::TokenizeRequest;
-use llm_protocol::{GenerateRequest, Prompt, Role, TokenLogprob, TopLogprob};
+use llm_protocol::{GenerateRequest, Prompt, Role, TokenLogprob, TopLogprob, Usage};
 use mistralrs::core::llguidance::api::TopLevelGrammar;
 use mistralrs::core::llguidance::ParserFactory;
 use mistralrs::core::{DetokenizationRequest, MistralRsBuilder, TokenizationRequest};
@@ -915,7 +915,8 @@ impl RequestTask {
             Counters::add(&self.inner.counters.generated_tokens, 1);
             match decoded {
                 Decoded::Text(text) => {
-                    if let Err(outcome) = self.emit(text, &mut pending, &mut timings) {
+                    let usage = decoder.usage();
+                    if let Err(outcome) = self.emit(text, &mut pending, usage, &mut timings) {
                         return outcome;
                     }
                 }
@@ -925,7 +926,7 @@ impl RequestTask {
                     stop_sequence,
                     usage,
                 } => {
-                    if let Err(outcome) = self.emit(text, &mut pending, &mut timings) {
+                    if let Err(outcome) = self.emit(text, &mut pending, usage, &mut timings) {
                         return outcome;
                     }
                     timings.total = self.submitted.elapsed();
@@ -948,6 +949,7 @@ impl RequestTask {
         &self,
         text: String,
         pending: &mut Vec<TokenLogprob>,
+        usage: Usage,
         timings: &mut Timings,
     ) -> Result<(), Outcome> {
         if text.is_empty() {
@@ -961,6 +963,7 @@ impl RequestTask {
                 slot.send(TextDelta {
                     text,
                     logprobs: std::mem::take(pending),
+                    usage,
                 });
                 Ok(())
             }

@@ -31,13 +31,15 @@ pub struct TextDelta {
     /// log probability (a token holding part of a character comes with the delta that
     /// completes it); otherwise empty.
     pub logprobs: Vec<TokenLogprob>,
+    /// Token counts so far: the prompt's, and the tokens generated up to this delta.
+    pub usage: Usage,
 }
 
 impl From<String> for TextDelta {
     fn from(text: String) -> Self {
         Self {
             text,
-            logprobs: Vec::new(),
+            ..Self::default()
         }
     }
 }

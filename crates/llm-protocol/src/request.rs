@@ -101,6 +101,14 @@ pub struct StreamOptions {
     /// Send one more chunk with `"choices": []` and `usage` before `[DONE]`.
     #[serde(default, deserialize_with = "null_as_default")]
     pub include_usage: bool,
+    /// Extension (vLLM's): put the token counts so far on every chunk with text or a finish
+    /// reason.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub continuous_usage_stats: bool,
 }
 
 /// One message of the conversation.
@@ -244,15 +252,6 @@ struct UnservedFields {
     store: Option<serde_json::Value>,
     #[serde(default)]
     verbosity: Option<serde_json::Value>,
-    #[serde(default)]
-    stream_options: Option<UnservedStreamOptions>,
-}
-
-/// `stream_options` fields not served yet.
-#[derive(Deserialize)]
-struct UnservedStreamOptions {
-    #[serde(default)]
-    continuous_usage_stats: Option<serde_json::Value>,
 }
 
 /// What a field holds when it changes nothing: a JSON `null` is already `None`.
@@ -268,11 +267,7 @@ impl UnservedFields {
         };
         let no_call: NoOp = |value| value == "none" || value == "auto";
         let never: NoOp = |_| false;
-        let continuous_usage = self
-            .stream_options
-            .as_ref()
-            .and_then(|options| options.continuous_usage_stats.clone());
-        let checks: [(&str, &Option<Value>, NoOp, &str); 12] = [
+        let checks: [(&str, &Option<Value>, NoOp, &str); 11] = [
             ("tools", &self.tools, empty, "tool calls are not served yet"),
             (
                 "tool_choice",
@@ -328,13 +323,6 @@ impl UnservedFields {
                 &self.verbosity,
                 |value| *value == json!("medium"),
                 "the served model has no verbosity control; say in the prompt how long to answer",
-            ),
-            (
-                "stream_options.continuous_usage_stats",
-                &continuous_usage,
-                |value| *value == json!(false),
-                "usage on every chunk is not served yet; use `include_usage` for one usage chunk \
-                 at the end",
             ),
         ];
         let refused = checks
@@ -431,6 +419,12 @@ impl ChatCompletionRequest {
         self.stream_options
             .is_some_and(|options| options.include_usage)
     }
+
+    /// Whether the client asked for usage on every chunk (`continuous_usage_stats`).
+    pub fn continuous_usage(&self) -> bool {
+        self.stream_options
+            .is_some_and(|options| options.continuous_usage_stats)
+    }
 }
 
 #[cfg(test)]
@@ -481,10 +475,6 @@ mod tests {
             (r#""web_search_options":{}"#, "web_search_options"),
             (r#""store":true"#, "store"),
             (r#""verbosity":"low""#, "verbosity"),
-            (
-                r#""stream":true,"stream_options":{"continuous_usage_stats":true}"#,
-                "stream_options.continuous_usage_stats",
-            ),
         ] {
             check_rejected(&with(field), Some(param), "is not supported");
         }

@@ -182,7 +182,8 @@ pub struct ChatCompletionChunk {
     /// The deltas; empty on the usage-only chunk. Required when decoding, which is how a chunk
     /// is told apart from an `{"error": ...}` payload in one parse.
     pub choices: Vec<ChunkChoice>,
-    /// Present (on the usage-only chunk) when `stream_options.include_usage` was set.
+    /// Present on the usage-only chunk when `stream_options.include_usage` was set, and on
+    /// every chunk with text or a finish reason when `continuous_usage_stats` was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }

@@ -50,6 +50,7 @@ pub(crate) fn chat_stream(
             created: unix_now(),
             model,
             include_usage: request.include_usage(),
+            continuous_usage: request.continuous_usage(),
         };
         Box::new(ChunkEncoder::new(meta, resumable))
     })

@@ -7,10 +7,9 @@
 //! `id: RESPONSE:N`.
 
 use bytes::Bytes;
-use llm_engine::Finish;
+use llm_engine::{Finish, TextDelta};
 use llm_protocol::{
-    ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, Delta, FinishReason, Role, TokenLogprob,
-    Usage,
+    ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, Delta, FinishReason, Role, Usage,
 };
 
 use super::encoder::Encoder;
@@ -24,6 +23,8 @@ pub(crate) struct ChunkMeta {
     pub(crate) created: u64,
     pub(crate) model: String,
     pub(crate) include_usage: bool,
+    /// `stream_options.continuous_usage_stats`: usage on every chunk with text or a finish.
+    pub(crate) continuous_usage: bool,
 }
 
 impl ChunkMeta {
@@ -83,7 +84,10 @@ impl ChunkEncoder {
     }
 
     fn end(&mut self, reason: FinishReason, usage: Option<Usage>) -> Vec<Bytes> {
-        let chunk = self.meta.chunk(Delta::default(), Some(reason));
+        let mut chunk = self.meta.chunk(Delta::default(), Some(reason));
+        if self.meta.continuous_usage {
+            chunk.usage = usage;
+        }
         let mut frames = vec![self.framer.json(None, &chunk)];
         if let Some(usage) = usage.filter(|_| self.meta.include_usage) {
             let chunk = self.meta.usage_chunk(usage);
@@ -111,16 +115,25 @@ impl Encoder for ChunkEncoder {
             .text_event(None, &self.delta_prefix, text, DELTA_SUFFIX)
     }
 
-    /// A delta chunk with `logprobs.content`: serialized, as it is sent only when asked for.
-    fn delta_with_logprobs(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Bytes {
-        let delta = Delta {
+    /// A delta chunk with `logprobs.content` or the usage so far, when asked for: serialized,
+    /// as those are rare; otherwise the rendered frame of [`Encoder::delta`].
+    fn text_delta(&mut self, delta: &TextDelta) -> Bytes {
+        if delta.logprobs.is_empty() && !self.meta.continuous_usage {
+            return self.delta(&delta.text);
+        }
+        let content = Delta {
             role: None,
-            content: Some(text.to_owned()),
+            content: Some(delta.text.clone()),
         };
-        let mut chunk = self.meta.chunk(delta, None);
-        chunk.choices[0].logprobs = Some(ChoiceLogprobs {
-            content: logprobs.to_vec(),
-        });
+        let mut chunk = self.meta.chunk(content, None);
+        if !delta.logprobs.is_empty() {
+            chunk.choices[0].logprobs = Some(ChoiceLogprobs {
+                content: delta.logprobs.clone(),
+            });
+        }
+        if self.meta.continuous_usage {
+            chunk.usage = Some(delta.usage);
+        }
         self.framer.json(None, &chunk)
     }
 
@@ -150,6 +163,7 @@ mod tests {
                 created: 1_700_000_000,
                 model: "Model \u{e9}\n".to_owned(),
                 include_usage: false,
+                continuous_usage: false,
             };
             let mut fast = ChunkEncoder::new(meta.clone(), resumable);
             let mut slow = Framer::new(&meta.id, resumable);
@@ -174,12 +188,13 @@ mod tests {
     /// A delta with log probabilities, exactly as OpenAI's chunk carries them.
     #[test]
     fn a_delta_with_logprobs_is_openais_chunk() {
-        use llm_protocol::TopLogprob;
+        use llm_protocol::{TokenLogprob, TopLogprob};
         let meta = ChunkMeta {
             id: "chatcmpl-1".to_owned(),
             created: 7,
             model: "m".to_owned(),
             include_usage: false,
+            continuous_usage: false,
         };
         let mut encoder = ChunkEncoder::new(meta, false);
         let token = |text: &str, logprob: f32| TokenLogprob {
@@ -192,7 +207,11 @@ mod tests {
                 bytes: Some(text.as_bytes().to_vec()),
             }],
         };
-        let frame = encoder.delta_with_logprobs(" Hi!", &[token(" Hi", -0.5), token("!", -0.25)]);
+        let frame = encoder.text_delta(&TextDelta {
+            text: " Hi!".to_owned(),
+            logprobs: vec![token(" Hi", -0.5), token("!", -0.25)],
+            usage: Usage::new(3, 2),
+        });
         assert_eq!(
             std::str::from_utf8(&frame).expect("UTF-8"),
             "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\

@@ -1,8 +1,7 @@
 //! What a dialect supplies to stream a generation: its frames for each engine event.
 
 use bytes::Bytes;
-use llm_engine::Finish;
-use llm_protocol::TokenLogprob;
+use llm_engine::{Finish, TextDelta};
 
 use crate::error::Error;
 
@@ -17,11 +16,10 @@ pub(crate) trait Encoder: Send + 'static {
     /// allocate once.
     fn delta(&mut self, text: &str) -> Bytes;
 
-    /// The frame of a piece of text with its tokens' log probabilities. Dialects that report
-    /// none (their requests cannot ask for them) send the text alone.
-    fn delta_with_logprobs(&mut self, text: &str, logprobs: &[TokenLogprob]) -> Bytes {
-        let _ = logprobs;
-        self.delta(text)
+    /// The frame of a delta with what comes with its text (log probabilities, token counts so
+    /// far). Dialects whose requests cannot ask for those send the text alone.
+    fn text_delta(&mut self, delta: &TextDelta) -> Bytes {
+        self.delta(&delta.text)
     }
 
     /// The frames that end a finished generation, the stream's end marker included.

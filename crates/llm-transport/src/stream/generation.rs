@@ -75,13 +75,7 @@ impl Generation {
         encoder: &mut dyn Encoder,
     ) -> Option<(Vec<Bytes>, bool)> {
         Some(match self.next_event().await? {
-            EngineEvent::Delta(delta) if delta.logprobs.is_empty() => {
-                (vec![encoder.delta(&delta.text)], false)
-            }
-            EngineEvent::Delta(delta) => (
-                vec![encoder.delta_with_logprobs(&delta.text, &delta.logprobs)],
-                false,
-            ),
+            EngineEvent::Delta(delta) => (vec![encoder.text_delta(&delta)], false),
             EngineEvent::Finished(finish) => (encoder.finish(&finish), true),
             EngineEvent::Error(error) => {
                 let error = Error::Engine(error);

@@ -625,3 +625,52 @@ async fn logprobs_stream_with_every_chunk_and_equal_the_whole_answers() {
         whole["choices"][0]["message"]
     );
 }
+
+/// `stream_options.continuous_usage_stats` (vLLM's): every chunk with text carries the token
+/// counts so far, one more token each, and the finish chunk the final counts, which the
+/// usage chunk of `include_usage` repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_usage_counts_tokens_on_every_chunk() {
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let body = format!(
+        r#"{{"stream":true,"stream_options":{{"include_usage":true,"continuous_usage_stats":true}},{ASK}}}"#
+    );
+    let stream = exchange(test.address, &post("/v1/chat/completions", &body)).await;
+    assert_eq!(stream.status, 200);
+    let chunks: Vec<serde_json::Value> = frames(&stream)
+        .iter()
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .filter(|data| data.trim() != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("JSON"))
+        .collect();
+    let (last, body) = chunks.split_last().expect("chunks");
+    let mut previous = 0;
+    for chunk in &body[1..] {
+        let usage = &chunk["usage"];
+        let completion = usage["completion_tokens"]
+            .as_u64()
+            .expect("usage on every chunk");
+        // One more token on each chunk with text; the finish chunk repeats the last count.
+        let has_text = chunk["choices"][0]["delta"]["content"].is_string();
+        assert!(
+            completion > previous || !has_text && completion == previous,
+            "{previous} then {chunk}"
+        );
+        previous = completion;
+        assert_eq!(
+            usage["total_tokens"].as_u64(),
+            Some(usage["prompt_tokens"].as_u64().expect("prompt") + completion)
+        );
+    }
+    assert!(
+        chunks[0].get("usage").is_none(),
+        "the role chunk comes before any count"
+    );
+    assert_eq!(previous, 24);
+    assert_eq!(last["choices"], serde_json::json!([]));
+    assert_eq!(
+        last["usage"],
+        body[body.len() - 1]["usage"],
+        "the finish chunk has the totals"
+    );
+}
