@@ -93,6 +93,11 @@ pub struct ChatCompletionRequest {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub resumable: bool,
+    /// Top-level fields of the body outside OpenAI's schema and this server's extensions, in
+    /// the order sent: accepted and ignored, and named in the answer's `x-ignored-fields`
+    /// header. Set by [`from_json`](Self::from_json).
+    #[serde(skip)]
+    pub unknown_fields: Vec<String>,
 }
 
 /// `stream_options` of a request.
@@ -227,31 +232,108 @@ impl<'de> Deserialize<'de> for PartSeed {
 
 /// Fields of OpenAI's chat request that would change the output and are not served yet: a
 /// request that sets one to anything but its no-op value is refused with 400 naming it, rather
-/// than answered as if it had not been sent.
-#[derive(Deserialize)]
+/// than answered as if it had not been sent. The same pass over the body collects the names of
+/// fields outside OpenAI's schema, for the answer's warning header.
+#[derive(Default)]
 struct UnservedFields {
-    #[serde(default)]
     tools: Option<serde_json::Value>,
-    #[serde(default)]
     tool_choice: Option<serde_json::Value>,
-    #[serde(default)]
     functions: Option<serde_json::Value>,
-    #[serde(default)]
     function_call: Option<serde_json::Value>,
-    #[serde(default)]
     logit_bias: Option<serde_json::Value>,
-    #[serde(default)]
     modalities: Option<serde_json::Value>,
-    #[serde(default)]
     audio: Option<serde_json::Value>,
-    #[serde(default)]
     prediction: Option<serde_json::Value>,
-    #[serde(default)]
     web_search_options: Option<serde_json::Value>,
-    #[serde(default)]
     store: Option<serde_json::Value>,
-    #[serde(default)]
     verbosity: Option<serde_json::Value>,
+    /// Top-level fields that are not OpenAI's and not this server's.
+    unknown: Vec<String>,
+}
+
+/// Every top-level field of OpenAI's chat request, and this server's extensions.
+const KNOWN_FIELDS: [&str; 35] = [
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "messages",
+    "metadata",
+    "modalities",
+    "model",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+    "web_search_options",
+    "resumable",
+];
+
+impl<'de> Deserialize<'de> for UnservedFields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UnservedFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a request object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut fields = UnservedFields::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "tools" => &mut fields.tools,
+                        "tool_choice" => &mut fields.tool_choice,
+                        "functions" => &mut fields.functions,
+                        "function_call" => &mut fields.function_call,
+                        "logit_bias" => &mut fields.logit_bias,
+                        "modalities" => &mut fields.modalities,
+                        "audio" => &mut fields.audio,
+                        "prediction" => &mut fields.prediction,
+                        "web_search_options" => &mut fields.web_search_options,
+                        "store" => &mut fields.store,
+                        "verbosity" => &mut fields.verbosity,
+                        known if KNOWN_FIELDS.contains(&known) => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            fields.unknown.push(key);
+                            continue;
+                        }
+                    };
+                    // A JSON `null` is `None`, as if the field were absent.
+                    *slot = map.next_value()?;
+                }
+                Ok(fields)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// What a field holds when it changes nothing: a JSON `null` is already `None`.
@@ -345,10 +427,11 @@ impl ChatCompletionRequest {
     /// [`Error::InvalidRequest`] when the body is not JSON, a field has the wrong type, or a
     /// value is out of range. `param` names the field, and the message says what was expected.
     pub fn from_json(body: &[u8]) -> Result<Self> {
-        let request: Self = parse::from_json(body)?;
+        let mut request: Self = parse::from_json(body)?;
         request.validate()?;
         let unserved: UnservedFields = parse::from_json(body)?;
         unserved.check()?;
+        request.unknown_fields = unserved.unknown;
         Ok(request)
     }
 
@@ -492,6 +575,18 @@ mod tests {
         ] {
             assert!(parse(&with(field)).is_ok(), "{field}");
         }
+    }
+
+    #[test]
+    fn fields_outside_the_schema_are_collected_in_order() {
+        let request = parse(
+            r#"{"messages":[{"role":"user","content":"x"}],"zeta":1,"temperature":0,
+                "guided_json":{"a":[1,2]},"resumable":false,"top_k":5,"seed":3}"#,
+        )
+        .expect("valid");
+        assert_eq!(request.unknown_fields, ["zeta", "guided_json", "top_k"]);
+        let plain = parse(r#"{"messages":[{"role":"user","content":"x"}],"user":"u"}"#);
+        assert!(plain.expect("valid").unknown_fields.is_empty());
     }
 
     #[test]

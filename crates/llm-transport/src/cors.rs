@@ -11,7 +11,7 @@ const ALLOW_HEADERS: &str = "authorization, content-type, last-event-id, x-reque
                              anthropic-dangerous-direct-browser-access";
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// Response headers scripts may read.
-const EXPOSE_HEADERS: &str = "x-request-id, retry-after";
+const EXPOSE_HEADERS: &str = "x-request-id, retry-after, x-ignored-fields";
 
 /// The configured origins.
 #[derive(Debug, Clone, Default)]

@@ -22,11 +22,48 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response<ResponseBody>> {
     let body = read_body(request, state.config().body_limit).await?;
     let request = ChatCompletionRequest::from_json(&body)?;
-    if request.stream {
-        chat_stream(state, &request, info, request.resumable, None)
+    let mut response = if request.stream {
+        chat_stream(state, &request, info, request.resumable, None)?
     } else {
-        complete(state, &request, info).await
+        complete(state, &request, info).await?
+    };
+    if let Some(value) = ignored_fields(&request.unknown_fields) {
+        response.headers_mut().insert(IGNORED_FIELDS, value);
     }
+    Ok(response)
+}
+
+/// The header that names the request's fields outside OpenAI's schema, which were ignored.
+pub(crate) const IGNORED_FIELDS: http::HeaderName =
+    http::HeaderName::from_static("x-ignored-fields");
+
+/// The most field names [`IGNORED_FIELDS`] lists; more are counted.
+const MAX_IGNORED_FIELDS: usize = 16;
+
+/// `names` as a header value: comma-separated, bytes outside printable ASCII (and `,`, `%`)
+/// percent-encoded, at most [`MAX_IGNORED_FIELDS`] of them, then `+N more`.
+fn ignored_fields(names: &[String]) -> Option<http::HeaderValue> {
+    use std::fmt::Write as _;
+    if names.is_empty() {
+        return None;
+    }
+    let mut value = String::new();
+    for name in names.iter().take(MAX_IGNORED_FIELDS) {
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        for byte in name.bytes().take(64) {
+            if byte.is_ascii_graphic() && byte != b',' && byte != b'%' {
+                value.push(char::from(byte));
+            } else {
+                let _ = write!(value, "%{byte:02X}");
+            }
+        }
+    }
+    if names.len() > MAX_IGNORED_FIELDS {
+        let _ = write!(value, ", +{} more", names.len() - MAX_IGNORED_FIELDS);
+    }
+    http::HeaderValue::from_str(&value).ok()
 }
 
 /// Starts a chat generation and answers with its chunk stream; a resumable one gets a replay

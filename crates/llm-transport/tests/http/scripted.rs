@@ -37,6 +37,32 @@ async fn a_silent_stream_gets_keep_alive_comments() {
 }
 
 #[tokio::test]
+async fn fields_outside_openais_schema_are_named_in_a_header() {
+    let test = scripted(words(), TransportConfig::default()).await;
+    let odd = r#"{"messages":[{"role":"user","content":"hi"}],"top_k":5,"guided_json":{},"név, 2":1,"user":"u"STREAM}"#;
+    for stream in ["", r#","stream":true"#] {
+        let body = odd.replace("STREAM", stream);
+        let response = exchange(test.address, &post("/v1/chat/completions", &body)).await;
+        assert_eq!(response.status, 200, "{body}");
+        assert_eq!(
+            response.header("x-ignored-fields"),
+            Some("top_k, guided_json, n%C3%A9v%2C%202"),
+            "{body}"
+        );
+    }
+    let many: String = (0..20).map(|i| format!(r#","x{i}":{i}"#)).collect();
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}]{many}}}"#);
+    let response = exchange(test.address, &post("/v1/chat/completions", &body)).await;
+    let listed = response.header("x-ignored-fields").expect("the header");
+    assert!(
+        listed.starts_with("x0, x1, ") && listed.ends_with("x15, +4 more"),
+        "{listed}"
+    );
+    let plain = exchange(test.address, &post("/v1/chat/completions", PLAIN)).await;
+    assert_eq!(plain.header("x-ignored-fields"), None);
+}
+
+#[tokio::test]
 async fn an_error_mid_stream_is_an_error_event_then_done() {
     let test = scripted(words().fail_after(2), TransportConfig::default()).await;
     let response = exchange(test.address, &post("/v1/chat/completions", STREAM)).await;
@@ -140,7 +166,7 @@ async fn cors_preflight_and_headers_for_allowed_origins_only() {
     );
     assert_eq!(
         actual.header("access-control-expose-headers"),
-        Some("x-request-id, retry-after")
+        Some("x-request-id, retry-after, x-ignored-fields")
     );
     // Errors carry the CORS headers too, so that scripts can read them.
     let unauthorized = exchange(
