@@ -583,10 +583,10 @@ pub fn corpus(body_limit: usize) -> Vec<Probe> {
             Some("tools"),
         ),
         (
-            "logprobs, not served yet",
-            with(r#""logprobs":true"#),
+            "too many top_logprobs",
+            with(r#""logprobs":true,"top_logprobs":21"#),
             400,
-            Some("logprobs"),
+            Some("top_logprobs"),
         ),
         (
             "audio output",
