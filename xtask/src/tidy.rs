@@ -17,6 +17,22 @@ mod tests {
 
     use serde_json::Value;
 
+    /// xtask's own directory. `cargo test` sets CARGO_MANIFEST_DIR for the test process: prefer
+    /// it to the compile-time value, since checkouts that share one target directory can run a
+    /// test binary built in another checkout, whose compile-time path points there (or nowhere).
+    fn xtask_dir() -> String {
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+    }
+
+    /// The workspace root.
+    fn root() -> std::path::PathBuf {
+        std::path::Path::new(&xtask_dir())
+            .parent()
+            .expect("xtask lives one level below the workspace root")
+            .to_path_buf()
+    }
+
     /// The resolved dependency graph: package id -> (name, normal and build dependency ids).
     struct Graph {
         names: HashMap<String, String>,
@@ -42,7 +58,7 @@ mod tests {
             let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["metadata", "--format-version", "1", "--offline"])
                 .args(["--filter-platform", &host])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .current_dir(root())
                 .output()
                 .expect("cargo metadata runs");
             assert!(
@@ -303,7 +319,7 @@ mod tests {
 
     #[test]
     fn modules_depend_one_way() {
-        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let root = root();
         let mut crates: Vec<_> = std::fs::read_dir(root.join("crates"))
             .expect("crates/ reads")
             .map(|entry| entry.expect("an entry").path().join("src"))
@@ -408,7 +424,7 @@ mod tests {
             // The unit graph is an unstable cargo output; this stable toolchain prints it
             // when told to allow unstable options. Nothing is built.
             .env("RUSTC_BOOTSTRAP", "1")
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .current_dir(root())
             .output()
             .expect("cargo runs");
         assert!(
@@ -476,7 +492,7 @@ mod tests {
             .collect();
         // Path packages outside the workspace (the vendored crates) count as third party:
         // they are the slowest to build.
-        let workspace = concat!("path+file://", env!("CARGO_MANIFEST_DIR"));
+        let workspace = format!("path+file://{}", xtask_dir());
         let workspace = workspace.trim_end_matches("/xtask");
         let rebuilt: Vec<&str> = run
             .iter()
