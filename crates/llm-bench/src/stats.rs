@@ -36,9 +36,13 @@ impl Summary {
     }
 }
 
-/// The repository root (benchmarks write under `docs/` and `target/bench/`).
+/// The repository root (benchmarks write under `docs/` and `target/bench/`). `cargo run` sets
+/// CARGO_MANIFEST_DIR for the process: it wins over the compile-time value, which names the
+/// checkout that built the binary (checkouts can share one target directory).
 fn root() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 /// Writes `value` as JSON to `target/bench/NAME.json` (under `CARGO_TARGET_DIR` when set).

@@ -203,8 +203,15 @@ fn main() {
 fn write_report(report: &str) {
     const BEGIN: &str = "<!-- sse-decode:begin -->";
     const END: &str = "<!-- sse-decode:end -->";
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md");
-    let current = std::fs::read_to_string(path).unwrap_or_default();
+    // `cargo bench` sets CARGO_MANIFEST_DIR for the process: it wins over the compile-time
+    // value, which names the checkout that built the binary.
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+        .join("../../docs/benchmarks.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
     let section = format!("{BEGIN}\n{report}{END}");
     let updated = match (current.find(BEGIN), current.find(END)) {
         (Some(begin), Some(end)) if begin < end => {

@@ -438,8 +438,15 @@ fn write_report(marker: &str, report: &str) {
         format!("<!-- {marker}:begin -->"),
         format!("<!-- {marker}:end -->"),
     );
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md");
-    let current = std::fs::read_to_string(path).unwrap_or_default();
+    // `cargo run` sets CARGO_MANIFEST_DIR for the process: it wins over the compile-time value,
+    // which names the checkout that built the binary (checkouts can share a target directory).
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+        .join("../../docs/benchmarks.md");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
     let section = format!("{begin}\n{report}{end}");
     let updated = match (current.find(&begin), current.find(&end)) {
         (Some(from), Some(to)) if from < to => {
