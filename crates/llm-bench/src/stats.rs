@@ -39,9 +39,13 @@ impl Summary {
 /// The repository root (benchmarks write under `docs/` and `target/bench/`). `cargo run` sets
 /// CARGO_MANIFEST_DIR for the process: it wins over the compile-time value, which names the
 /// checkout that built the binary (checkouts can share one target directory).
+/// A runtime value is used only if it is this crate's (a process started by another cargo
+/// command, such as `cargo xtask`, inherits that command's).
 fn root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .map(PathBuf::from)
+        .filter(|dir| dir.ends_with("crates/llm-bench"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../..")
 }
 

@@ -440,11 +440,11 @@ fn write_report(marker: &str, report: &str) {
     );
     // `cargo run` sets CARGO_MANIFEST_DIR for the process: it wins over the compile-time value,
     // which names the checkout that built the binary (checkouts can share a target directory).
+    // Only this crate's value: a process started by another cargo command inherits its own.
     let path = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            std::path::PathBuf::from,
-        )
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.ends_with("crates/llm-engine"))
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../../docs/benchmarks.md");
     let current = std::fs::read_to_string(&path).unwrap_or_default();
     let section = format!("{begin}\n{report}{end}");
