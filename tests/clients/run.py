@@ -537,6 +537,8 @@ def openai_suite(ctx: Context) -> None:
     r.run("openai.error_unusable_schema", test_unusable_schema, ctx)
     r.run("openai.seed", test_seed, ctx)
     r.run("openai.logprobs", test_logprobs, ctx)
+    r.run("openai.tools", test_tools, ctx)
+    r.run("openai.tools_stream_helper", test_tools_stream_helper, ctx)
     r.run("auth.missing_key_401", test_missing_key, ctx)
     r.run("auth.health_is_open", test_health_open, ctx)
     r.run("http.sse_headers_and_request_id", test_sse_headers, ctx)
@@ -819,6 +821,92 @@ def test_unusable_schema(ctx: Context) -> str:
             expect(error.param == "response_format", f"param {error.param!r}, want response_format")
             return "BadRequestError param=response_format"
     raise AssertionError("a schema with a dangling $ref was accepted")
+
+
+WEATHER_QUESTION = "What is the weather in Paris?"
+
+
+def weather_tool() -> dict:
+    return {"type": "function", "function": {
+        "name": "get_weather", "description": "The current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 20},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+def test_tools(ctx: Context) -> str:
+    args = dict(model=ctx.model, messages=user(WEATHER_QUESTION), tools=[weather_tool()],
+                tool_choice="required", max_tokens=60, temperature=0)
+    with sync_client(ctx) as client:
+        whole = client.chat.completions.create(**args)
+        choice = whole.choices[0]
+        expect(choice.finish_reason == "tool_calls", f"finish_reason {choice.finish_reason!r}")
+        calls = choice.message.tool_calls or []
+        expect(len(calls) == 1, f"{len(calls)} calls: {choice.message!r}")
+        call = calls[0]
+        expect(call.type == "function" and call.function.name == "get_weather", f"call {call!r}")
+        arguments = json.loads(call.function.arguments)
+        expect(set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit"),
+               f"arguments {call.function.arguments!r}")
+        ids, names, pieces, finish = [], [], [], None
+        for chunk in client.chat.completions.create(stream=True, **args):
+            if not chunk.choices:
+                continue
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                expect(delta.index == 0, f"index {delta.index}")
+                if delta.id:
+                    ids.append(delta.id)
+                if delta.function and delta.function.name:
+                    expect(not pieces, "the name comes before the arguments")
+                    names.append(delta.function.name)
+                if delta.function and delta.function.arguments:
+                    pieces.append(delta.function.arguments)
+            finish = chunk.choices[0].finish_reason or finish
+        expect(len(ids) == 1 and names == ["get_weather"], f"ids {ids}, names {names}")
+        expect(len(pieces) >= 5, f"only {len(pieces)} argument pieces: they must stream")
+        same_text("".join(pieces), call.function.arguments, "the streamed arguments")
+        expect(finish == "tool_calls", f"streamed finish_reason {finish!r}")
+        # The next turn sends the call and its result back, as the SDK's users do.
+        follow = client.chat.completions.create(
+            model=ctx.model, tools=[weather_tool()], max_tokens=24, temperature=0,
+            messages=[*user(WEATHER_QUESTION), choice.message,
+                      {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}],
+        )
+    expect(follow.choices[0].finish_reason in ("stop", "length", "tool_calls"),
+           f"follow-up finish_reason {follow.choices[0].finish_reason!r}")
+    return f"get_weather({call.function.arguments}) in {len(pieces)} pieces; the result's turn answered"
+
+
+def test_tools_stream_helper(ctx: Context) -> str:
+    import typing
+
+    import openai
+    import pydantic
+
+    class GetWeather(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=20)
+        unit: typing.Literal["celsius", "fahrenheit"]
+
+    tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
+    deltas, done = 0, None
+    with sync_client(ctx) as client:
+        with client.chat.completions.stream(
+            model=ctx.model, messages=user(WEATHER_QUESTION), tools=[tool], max_tokens=60, temperature=0,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        ) as stream:
+            for event in stream:
+                if event.type == "tool_calls.function.arguments.delta":
+                    deltas += 1
+                elif event.type == "tool_calls.function.arguments.done":
+                    done = event
+            final = stream.get_final_completion()
+    expect(deltas >= 5, f"only {deltas} argument deltas")
+    expect(done is not None and done.name == "get_weather", f"done event {done!r}")
+    call = (final.choices[0].message.tool_calls or [None])[0]
+    expect(call is not None and isinstance(call.function.parsed_arguments, GetWeather),
+           f"parsed arguments of {call!r}")
+    return f"{deltas} argument deltas, parsed {call.function.parsed_arguments!r}"
 
 
 def test_seed(ctx: Context) -> str:

@@ -23,7 +23,8 @@ use either::Either;
 use indexmap::IndexMap;
 use llm_protocol::format::{Grammar, OutputFormat};
 use llm_protocol::tokenize::TokenizeRequest;
-use llm_protocol::{GenerateRequest, Prompt, Role, TokenLogprob, TopLogprob, Usage};
+use llm_protocol::tools::ToolUse;
+use llm_protocol::{FinishReason, GenerateRequest, Prompt, TokenLogprob, TopLogprob, Usage};
 use mistralrs::core::llguidance::api::TopLevelGrammar;
 use mistralrs::core::llguidance::ParserFactory;
 use mistralrs::core::{DetokenizationRequest, MistralRsBuilder, TokenizationRequest};
@@ -38,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::model::{EngineDevice, ModelSource, Weights};
 use crate::stats::{Counters, EngineStats, GaugeGuard};
 use crate::stream::{ChatStream, EngineEvent, Finish, TerminalSlot, TextDelta, Timings};
+use crate::tools::{self, Piece, ToolCallParser};
 
 /// Capacity of each request's channel from mistral.rs. The request's task drains it at once,
 /// so it only absorbs scheduling jitter.
@@ -521,7 +523,7 @@ impl Engine {
             return Err(Error::ShuttingDown);
         }
         let (sender, mut receiver) = mpsc::channel(1);
-        let tokenize = mistral_prompt(&request.prompt).tokenize(
+        let tokenize = mistral_prompt(&request.prompt, None).tokenize(
             request.add_special_tokens,
             request.add_generation_prompt,
             sender,
@@ -571,6 +573,8 @@ struct Job {
     constraint: Constraint,
     /// Report log probabilities, with this many alternatives.
     logprobs: Option<u8>,
+    /// Read tool calls out of the answer: `Some(forced)` when the model may call tools.
+    tool_calls: Option<bool>,
 }
 
 impl Job {
@@ -581,7 +585,19 @@ impl Job {
                 reason: "only one choice per request is generated; send several requests instead",
             });
         }
-        let prompt = mistral_prompt(&request.prompt);
+        let prompt = mistral_prompt(&request.prompt, request.tools.as_ref());
+        let format = match (&request.tools, &request.format) {
+            (Some(tools), None) if tools.forced() => Some(tools::call_format(tools)),
+            (Some(tools), Some(_)) if tools.forced() => {
+                return Err(Error::InvalidRequest {
+                    param: Some("tool_choice".to_owned()),
+                    message: "a forced tool call and an output format cannot both shape the \
+                              answer"
+                        .to_owned(),
+                })
+            }
+            (_, format) => format.clone(),
+        };
         let sampling = SamplingParams {
             // OpenAI's default temperature is 1; 0 means greedy, which mistral.rs maps to argmax.
             temperature: Some(request.temperature.unwrap_or(1.0)),
@@ -601,11 +617,12 @@ impl Job {
             sampling,
             max_tokens: request.max_tokens.map(|max| max as usize),
             stops: request.stop.clone(),
-            constraint: match &request.format {
+            constraint: match &format {
                 Some(format) => compile_format(format, grammars)?,
                 None => Constraint::None,
             },
             logprobs: request.logprobs,
+            tool_calls: request.tools.as_ref().map(ToolUse::forced),
         })
     }
 }
@@ -648,22 +665,24 @@ fn compile_format(format: &OutputFormat, grammars: Option<&ParserFactory>) -> Re
     Ok(Constraint::JsonSchema(schema))
 }
 
-fn mistral_prompt(prompt: &Prompt) -> MistralPrompt {
+fn mistral_prompt(prompt: &Prompt, tools: Option<&ToolUse>) -> MistralPrompt {
+    let message = |role: &str, content: String| {
+        IndexMap::from([
+            ("role".to_owned(), Either::Left(role.to_owned())),
+            ("content".to_owned(), Either::Left(content)),
+        ])
+    };
     match prompt {
+        Prompt::Chat(messages) if tools::needs_render(messages, tools) => MistralPrompt::Chat(
+            tools::render(messages, tools)
+                .into_iter()
+                .map(|(role, content)| message(role, content))
+                .collect(),
+        ),
         Prompt::Chat(messages) => MistralPrompt::Chat(
             messages
                 .iter()
-                .map(|message| {
-                    let role = match message.role {
-                        // Chat templates know `system`; `developer` is its newer name.
-                        Role::Developer => "system",
-                        other => other.as_str(),
-                    };
-                    IndexMap::from([
-                        ("role".to_owned(), Either::Left(role.to_owned())),
-                        ("content".to_owned(), Either::Left(message.text())),
-                    ])
-                })
+                .map(|chat| message(tools::template_role(chat.role), chat.text()))
                 .collect(),
         ),
         Prompt::Text(text) => MistralPrompt::Text(text.clone()),
@@ -873,6 +892,7 @@ impl RequestTask {
         };
         // Log probabilities of tokens whose text the decoder has not released yet.
         let mut pending = Vec::new();
+        let mut calls = self.job.tool_calls.map(ToolCallParser::new);
         loop {
             let response = tokio::select! {
                 biased;
@@ -916,18 +936,24 @@ impl RequestTask {
             match decoded {
                 Decoded::Text(text) => {
                     let usage = decoder.usage();
-                    if let Err(outcome) = self.emit(text, &mut pending, usage, &mut timings) {
+                    let deltas = split_calls(text, calls.as_mut(), false, &mut pending);
+                    if let Err(outcome) = self.emit(deltas, &mut pending, usage, &mut timings) {
                         return outcome;
                     }
                 }
                 Decoded::Finished {
                     text,
-                    reason,
+                    mut reason,
                     stop_sequence,
                     usage,
                 } => {
-                    if let Err(outcome) = self.emit(text, &mut pending, usage, &mut timings) {
+                    let deltas = split_calls(text, calls.as_mut(), true, &mut pending);
+                    if let Err(outcome) = self.emit(deltas, &mut pending, usage, &mut timings) {
                         return outcome;
+                    }
+                    if reason == FinishReason::Stop && calls.as_ref().is_some_and(|c| c.calls() > 0)
+                    {
+                        reason = FinishReason::ToolCalls;
                     }
                     timings.total = self.submitted.elapsed();
                     return Outcome::Finished(Box::new(Finish {
@@ -942,36 +968,38 @@ impl RequestTask {
         }
     }
 
-    /// Hands a delta to the consumer without ever waiting for it, with the log probabilities
-    /// of the tokens its text completes. Log probabilities without text (a stop sequence's
-    /// tokens, the end-of-answer token) are dropped, as OpenAI reports none for them.
+    /// Hands deltas to the consumer without ever waiting for it, the first with the log
+    /// probabilities of the tokens its text completes. Log probabilities without text (a stop
+    /// sequence's tokens, the end-of-answer token) are dropped, as OpenAI reports none for them.
     fn emit(
         &self,
-        text: String,
+        deltas: Vec<TextDelta>,
         pending: &mut Vec<TokenLogprob>,
         usage: Usage,
         timings: &mut Timings,
     ) -> Result<(), Outcome> {
-        if text.is_empty() {
-            return Ok(());
-        }
-        let at = self.submitted.elapsed();
-        match self.deltas.try_reserve() {
-            Ok(slot) => {
-                timings.time_to_first_token.get_or_insert(at);
-                timings.token_times.push(at);
-                slot.send(TextDelta {
-                    text,
-                    logprobs: std::mem::take(pending),
-                    usage,
-                });
-                Ok(())
+        for mut delta in deltas {
+            if delta.text.is_empty() && delta.tool_calls.is_empty() {
+                continue;
             }
-            Err(mpsc::error::TrySendError::Full(())) => Err(Outcome::Failed(Error::SlowConsumer {
-                buffered: self.inner.event_buffer,
-            })),
-            Err(mpsc::error::TrySendError::Closed(())) => Err(Outcome::Cancelled),
+            let at = self.submitted.elapsed();
+            match self.deltas.try_reserve() {
+                Ok(slot) => {
+                    timings.time_to_first_token.get_or_insert(at);
+                    timings.token_times.push(at);
+                    delta.logprobs = std::mem::take(pending);
+                    delta.usage = usage;
+                    slot.send(delta);
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    return Err(Outcome::Failed(Error::SlowConsumer {
+                        buffered: self.inner.event_buffer,
+                    }))
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(Outcome::Cancelled),
+            }
         }
+        Ok(())
     }
 
     /// Counts the prompt's tokens after the chat template, exactly as mistral.rs will prefill
@@ -988,6 +1016,42 @@ impl RequestTask {
             answer = receiver.recv() => answer_of(answer, "tokenization").map(|tokens| Some(tokens.len())),
         }
     }
+}
+
+/// `text` as deltas: as it is, or, when the model may call tools, split into answer text and
+/// call pieces (`last` ends the answer, releasing what the parser held back). A call's tokens
+/// carry no log probabilities, as OpenAI reports them for content only.
+fn split_calls(
+    text: String,
+    parser: Option<&mut ToolCallParser>,
+    last: bool,
+    pending: &mut Vec<TokenLogprob>,
+) -> Vec<TextDelta> {
+    let Some(parser) = parser else {
+        return vec![TextDelta::from(text)];
+    };
+    let mut pieces = parser.push(&text);
+    if last {
+        pieces.extend(parser.finish());
+    }
+    let mut deltas: Vec<TextDelta> = Vec::new();
+    for piece in pieces {
+        match (piece, deltas.last_mut()) {
+            (Piece::Text(text), Some(delta)) if delta.tool_calls.is_empty() => {
+                delta.text.push_str(&text);
+            }
+            (Piece::Text(text), _) => deltas.push(TextDelta::from(text)),
+            (Piece::Call(call), Some(delta)) => delta.tool_calls.push(call),
+            (Piece::Call(call), None) => deltas.push(TextDelta {
+                tool_calls: vec![call],
+                ..TextDelta::default()
+            }),
+        }
+    }
+    if deltas.first().is_some_and(|delta| delta.text.is_empty()) {
+        pending.clear();
+    }
+    deltas
 }
 
 /// mistral.rs's answer to a tokenization or detokenization request.

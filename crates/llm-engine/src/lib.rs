@@ -46,6 +46,7 @@ mod model;
 mod stats;
 mod stop;
 mod stream;
+mod tools;
 
 pub use convert::{convert_gguf, converted_path, Conversion, WeightFormat};
 pub use cpu::cpu_description;
@@ -57,4 +58,6 @@ pub use fetch::{
 };
 pub use model::{EngineDevice, ModelSource, Weights};
 pub use stats::EngineStats;
-pub use stream::{ChatStream, Collecting, Completion, EngineEvent, Finish, TextDelta, Timings};
+pub use stream::{
+    ChatStream, Collecting, Completion, EngineEvent, Finish, TextDelta, Timings, ToolCallDelta,
+};

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use llm_protocol::tools::FunctionCall;
 use llm_protocol::{FinishReason, TokenLogprob, Usage};
 use tokio::sync::mpsc;
 
@@ -14,7 +15,7 @@ use crate::error::{Error, Result};
 /// each event to a frame, and a new event must be a compile error there, not a dropped one.
 #[derive(Debug)]
 pub enum EngineEvent {
-    /// New text. Always whole UTF-8 characters; never empty.
+    /// New text or pieces of tool calls; never empty.
     Delta(TextDelta),
     /// The generation ended normally. Nothing follows.
     Finished(Finish),
@@ -22,17 +23,30 @@ pub enum EngineEvent {
     Error(Error),
 }
 
-/// A piece of generated text.
+/// A piece of generated text, or of tool calls.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TextDelta {
-    /// The text: whole UTF-8 characters, never empty.
+    /// Answer text: whole UTF-8 characters. Empty only when `tool_calls` is not.
     pub text: String,
+    /// Pieces of tool calls, in order, after `text`.
+    pub tool_calls: Vec<ToolCallDelta>,
     /// With `logprobs` asked for, the tokens whose text this delta releases, each with its
     /// log probability (a token holding part of a character comes with the delta that
     /// completes it); otherwise empty.
     pub logprobs: Vec<TokenLogprob>,
     /// Token counts so far: the prompt's, and the tokens generated up to this delta.
     pub usage: Usage,
+}
+
+/// A piece of one tool call: its name first, then its arguments' JSON text as generated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// Which call of the answer, from 0.
+    pub index: u32,
+    /// The function's name, on the call's first piece only.
+    pub name: Option<String>,
+    /// The next piece of the arguments (empty on a first piece that has none yet).
+    pub arguments: String,
 }
 
 impl From<String> for TextDelta {
@@ -86,6 +100,8 @@ impl Timings {
 pub struct Completion {
     /// The generated text.
     pub text: String,
+    /// The tool calls the model made, in order.
+    pub tool_calls: Vec<FunctionCall>,
     /// Its tokens' log probabilities, when they were asked for.
     pub logprobs: Vec<TokenLogprob>,
     /// How generation ended.
@@ -96,6 +112,7 @@ pub struct Completion {
 #[derive(Debug, Default)]
 pub struct Collecting {
     text: String,
+    tool_calls: Vec<FunctionCall>,
     logprobs: Vec<TokenLogprob>,
 }
 
@@ -105,11 +122,24 @@ impl Collecting {
         match event {
             EngineEvent::Delta(delta) => {
                 self.text.push_str(&delta.text);
+                for piece in delta.tool_calls {
+                    let index = piece.index as usize;
+                    if self.tool_calls.len() <= index {
+                        self.tool_calls
+                            .resize_with(index + 1, FunctionCall::default);
+                    }
+                    let call = &mut self.tool_calls[index];
+                    if let Some(name) = piece.name {
+                        call.name = name;
+                    }
+                    call.arguments.push_str(&piece.arguments);
+                }
                 self.logprobs.extend(delta.logprobs);
                 None
             }
             EngineEvent::Finished(finish) => Some(Ok(Completion {
                 text: std::mem::take(&mut self.text),
+                tool_calls: std::mem::take(&mut self.tool_calls),
                 logprobs: std::mem::take(&mut self.logprobs),
                 finish,
             })),

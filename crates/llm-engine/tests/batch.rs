@@ -72,6 +72,7 @@ fn assert_same(label: &str, solo: &[Completion], batched: &[Result<Completion, E
         match batched {
             Ok(batched)
                 if batched.text == solo.text
+                    && batched.tool_calls == solo.tool_calls
                     && batched.finish.reason == solo.finish.reason
                     && batched.finish.usage == solo.finish.usage => {}
             Ok(batched) => differing.push(format!(
@@ -159,6 +160,17 @@ async fn constrained_and_free_requests_batched_together_answer_as_alone() {
         response_format: Some(serde_json::from_value::<ResponseFormat>(format).expect("a format")),
         ..ask(prompt, 64)
     };
+    let called = |prompt: &str, choice: &str| ChatCompletionRequest {
+        tools: Some(
+            serde_json::from_value(serde_json::json!([{"type": "function", "function": {
+                "name": "get_weather", "parameters": {"type": "object", "properties": {
+                    "city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+                    "additionalProperties": false}}}]))
+            .expect("tools"),
+        ),
+        tool_choice: Some(serde_json::from_value(serde_json::json!(choice)).expect("a choice")),
+        ..ask(prompt, 48)
+    };
     let schema = serde_json::json!({"type": "json_schema", "json_schema": {"name": "colours",
         "schema": {"type": "object", "properties": {"colours": {"type": "array",
             "items": {"type": "string"}, "maxItems": 3}}, "required": ["colours"]}}});
@@ -170,6 +182,9 @@ async fn constrained_and_free_requests_batched_together_answer_as_alone() {
         json(PROMPTS[3].0, serde_json::json!({"type": "json_object"})),
         ask(PROMPTS[7].0, 48),
         json(PROMPTS[4].0, schema),
+        // A forced tool call is a constrained answer too, and `auto` a free one.
+        called("What is the weather in Paris?", "required"),
+        called(PROMPTS[2].0, "auto"),
     ];
     let engine = engine().await;
     let mut solo = Vec::new();
@@ -183,6 +198,11 @@ async fn constrained_and_free_requests_batched_together_answer_as_alone() {
             assert!(value.is_object(), "{}", answer.text);
         }
     }
+    let forced = &solo[5];
+    assert_eq!(forced.tool_calls.len(), 1, "{forced:?}");
+    let arguments: serde_json::Value =
+        serde_json::from_str(&forced.tool_calls[0].arguments).expect("JSON arguments");
+    assert!(arguments["city"].is_string(), "{arguments}");
     for stagger in [0, 60] {
         let batched = together(&engine, &requests, Duration::from_millis(stagger)).await;
         assert_same(&format!("staggered by {stagger} ms"), &solo, &batched);

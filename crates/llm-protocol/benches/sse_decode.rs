@@ -71,6 +71,7 @@ fn build_stream(rng: &mut Rng) -> (Bytes, usize, usize) {
                     delta: Delta {
                         role: None,
                         content: Some(TOKENS[rng.below(TOKENS.len())].to_owned()),
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,

@@ -193,6 +193,7 @@ impl From<&CompletionRequest> for GenerateRequest {
                 .as_ref()
                 .and_then(ResponseFormat::output_format),
             logprobs: None,
+            tools: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::{OutputFormat, ResponseFormat};
 use crate::parse::{check_choices, check_sampling, check_stops, check_token_limit};
 use crate::request::{ChatCompletionRequest, ChatMessage};
+use crate::tools::ToolUse;
 
 /// The most stop sequences an engine request carries, whatever the dialect allows on its
 /// wire: each one is matched against the streamed text.
@@ -58,6 +59,8 @@ pub struct GenerateRequest {
     /// Report each generated token's log probability, with this many of the likeliest
     /// alternatives (0 to [`MAX_TOP_LOGPROBS`](crate::MAX_TOP_LOGPROBS)); `None` reports none.
     pub logprobs: Option<u8>,
+    /// Functions the model may call, and whether it must; `None` when it may call none.
+    pub tools: Option<ToolUse>,
 }
 
 impl GenerateRequest {
@@ -129,6 +132,7 @@ impl From<&ChatCompletionRequest> for GenerateRequest {
                     .min(crate::MAX_TOP_LOGPROBS);
                 u8::try_from(top).unwrap_or(u8::MAX)
             }),
+            tools: ToolUse::new(request.tools.as_deref(), request.tool_choice.as_ref()),
         }
     }
 }
@@ -169,6 +173,7 @@ mod tests {
                 seed: Some(3),
                 format: None,
                 logprobs: None,
+                tools: None,
             }
         );
         request.validate().expect("valid");

@@ -52,6 +52,7 @@ pub mod responses;
 pub mod sse;
 mod stream;
 pub mod tokenize;
+pub mod tools;
 mod types;
 pub mod ws;
 

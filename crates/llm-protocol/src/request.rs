@@ -14,6 +14,7 @@ use crate::parse::{
     self, check_choices, check_resumable, check_sampling, check_stops, check_token_limit,
     null_as_default, one_or_many,
 };
+use crate::tools::{self, Tool, ToolCall, ToolChoice};
 use crate::types::Role;
 
 /// The most stop sequences a request may carry, as in OpenAI's API.
@@ -84,6 +85,12 @@ pub struct ChatCompletionRequest {
     /// Structured output: free text, any JSON object, or JSON that validates against a schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    /// Whether and which tools the model may call; `auto` by default when `tools` are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
     /// Extension: keep the stream's events so that a client that loses the connection can
     /// resume it with `Last-Event-ID` (`GET /v1/chat/completions/{id}/stream`). Only with
     /// `stream`.
@@ -130,6 +137,9 @@ pub struct ChatMessage {
     /// For [`Role::Tool`] messages: the call this answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// For [`Role::Assistant`] messages: the calls the model made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 impl ChatMessage {
@@ -140,6 +150,7 @@ impl ChatMessage {
             content: Some(MessageContent::Text(content.into())),
             name: None,
             tool_call_id: None,
+            tool_calls: None,
         }
     }
 
@@ -236,8 +247,6 @@ impl<'de> Deserialize<'de> for PartSeed {
 /// fields outside OpenAI's schema, for the answer's warning header.
 #[derive(Default)]
 struct UnservedFields {
-    tools: Option<serde_json::Value>,
-    tool_choice: Option<serde_json::Value>,
     functions: Option<serde_json::Value>,
     function_call: Option<serde_json::Value>,
     logit_bias: Option<serde_json::Value>,
@@ -305,8 +314,6 @@ impl<'de> Deserialize<'de> for UnservedFields {
                 let mut fields = UnservedFields::default();
                 while let Some(key) = map.next_key::<String>()? {
                     let slot = match key.as_str() {
-                        "tools" => &mut fields.tools,
-                        "tool_choice" => &mut fields.tool_choice,
                         "functions" => &mut fields.functions,
                         "function_call" => &mut fields.function_call,
                         "logit_bias" => &mut fields.logit_bias,
@@ -349,25 +356,18 @@ impl UnservedFields {
         };
         let no_call: NoOp = |value| value == "none" || value == "auto";
         let never: NoOp = |_| false;
-        let checks: [(&str, &Option<Value>, NoOp, &str); 11] = [
-            ("tools", &self.tools, empty, "tool calls are not served yet"),
-            (
-                "tool_choice",
-                &self.tool_choice,
-                no_call,
-                "tool calls are not served yet; only `none` and `auto` (with no tools) are accepted",
-            ),
+        let checks: [(&str, &Option<Value>, NoOp, &str); 9] = [
             (
                 "functions",
                 &self.functions,
                 empty,
-                "function calls are not served yet",
+                "the deprecated `functions` are not served; send them as `tools`",
             ),
             (
                 "function_call",
                 &self.function_call,
                 no_call,
-                "function calls are not served yet",
+                "the deprecated `function_call` is not served; use `tool_choice`",
             ),
             (
                 "logit_bias",
@@ -464,6 +464,22 @@ impl ChatCompletionRequest {
         if let Some(format) = &self.response_format {
             format.validate()?;
         }
+        tools::check(self.tools.as_deref(), self.tool_choice.as_ref())?;
+        let forced = matches!(
+            self.tool_choice,
+            Some(ToolChoice::Required | ToolChoice::Function(_))
+        );
+        let shaped = self
+            .response_format
+            .as_ref()
+            .is_some_and(|format| *format != ResponseFormat::Text);
+        if forced && shaped {
+            return Err(Error::invalid_param(
+                "tool_choice",
+                "a forced tool call and a `response_format` other than `text` cannot both shape \
+                 the answer",
+            ));
+        }
         if let Some(top) = self.top_logprobs {
             if top > MAX_TOP_LOGPROBS {
                 return Err(Error::invalid_param(
@@ -479,13 +495,23 @@ impl ChatCompletionRequest {
             }
         }
         for (index, message) in self.messages.iter().enumerate() {
+            let role = message.role.as_str();
             if message.content.is_none() && message.role != Role::Assistant {
                 return Err(Error::invalid_param(
                     format!("messages[{index}].content"),
-                    format!(
-                        "`messages[{index}].content` is required for role `{}`",
-                        message.role.as_str()
-                    ),
+                    format!("`messages[{index}].content` is required for role `{role}`"),
+                ));
+            }
+            if message.tool_calls.is_some() && message.role != Role::Assistant {
+                return Err(Error::invalid_param(
+                    format!("messages[{index}].tool_calls"),
+                    format!("`messages[{index}].tool_calls` belongs on `assistant` messages only, not `{role}`"),
+                ));
+            }
+            if message.role == Role::Tool && message.tool_call_id.is_none() {
+                return Err(Error::invalid_param(
+                    format!("messages[{index}].tool_call_id"),
+                    format!("`messages[{index}].tool_call_id` is required for role `tool`: it names the call answered"),
                 ));
             }
         }
@@ -542,12 +568,8 @@ mod tests {
         let with =
             |field: &str| format!(r#"{{"messages":[{{"role":"user","content":"x"}}],{field}}}"#);
         for (field, param) in [
-            (
-                r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-                "tools",
-            ),
-            (r#""tool_choice":"required""#, "tool_choice"),
             (r#""functions":[{"name":"f"}]"#, "functions"),
+            (r#""function_call":{"name":"f"}"#, "function_call"),
             (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
             (r#""modalities":["text","audio"]"#, "modalities"),
             (r#""audio":{"voice":"alloy","format":"wav"}"#, "audio"),
@@ -574,6 +596,76 @@ mod tests {
             r#""reasoning_effort":"low","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":false,"include_obfuscation":true}"#,
         ] {
             assert!(parse(&with(field)).is_ok(), "{field}");
+        }
+    }
+
+    #[test]
+    fn tools_and_tool_history_parse_and_their_rules_are_checked() {
+        let request = parse(
+            r#"{"messages":[{"role":"user","content":"weather?"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+                 "function":{"name":"get_weather","arguments":"{\"city\": \"Oslo\"}"}}]},
+                {"role":"tool","tool_call_id":"call_1","content":"-3 C"}],
+                "tools":[{"type":"function","function":{"name":"get_weather","description":"d",
+                 "parameters":{"type":"object","properties":{"city":{"type":"string"}}},"strict":true}}],
+                "tool_choice":{"type":"function","function":{"name":"get_weather"}},
+                "parallel_tool_calls":false}"#,
+        )
+        .expect("valid");
+        let calls = request.messages[1].tool_calls.as_deref().expect("calls");
+        assert_eq!(calls[0].function.arguments, r#"{"city": "Oslo"}"#);
+        let tools = GenerateRequest::from(&request).tools.expect("callable");
+        assert!(tools.forced());
+        let user = r#"{"role":"user","content":"x"}"#;
+        let tool = r#"{"type":"function","function":{"name":"f"}}"#;
+        for (body, param, needle) in [
+            (
+                format!(r#"{{"messages":[{user}],"tools":[{{"type":"custom","custom":{{}}}}]}}"#),
+                "tools[0].type",
+                "unknown variant",
+            ),
+            (
+                format!(r#"{{"messages":[{user}],"tools":[{{"type":"function"}}]}}"#),
+                "tools[0].function",
+                "missing field",
+            ),
+            (
+                format!(r#"{{"messages":[{user}],"tool_choice":"required"}}"#),
+                "tool_choice",
+                "at least one tool",
+            ),
+            (
+                format!(r#"{{"messages":[{user}],"tools":[{tool}],"tool_choice":"some"}}"#),
+                "tool_choice",
+                "unknown tool choice",
+            ),
+            (
+                format!(
+                    r#"{{"messages":[{user}],"tools":[{tool}],"tool_choice":"required",
+                        "response_format":{{"type":"json_object"}}}}"#
+                ),
+                "tool_choice",
+                "cannot both shape",
+            ),
+            (
+                format!(r#"{{"messages":[{user},{{"role":"tool","content":"r"}}]}}"#),
+                "messages[1].tool_call_id",
+                "is required",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x","tool_calls":[]}]}"#.to_owned(),
+                "messages[0].tool_calls",
+                "assistant",
+            ),
+            (
+                format!(
+                    r#"{{"messages":[{user},{{"role":"assistant","tool_calls":[{{"id":"c"}}]}}]}}"#
+                ),
+                "messages[1].tool_calls[0].function",
+                "missing field",
+            ),
+        ] {
+            check_rejected(&body, Some(param), needle);
         }
     }
 

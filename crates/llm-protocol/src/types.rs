@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::tools::{ToolCall, ToolCallChunk};
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,9 +161,12 @@ pub struct Choice {
 pub struct AssistantMessage {
     /// Always [`Role::Assistant`].
     pub role: Role,
-    /// The generated text.
+    /// The generated text; `null` when the answer is only tool calls.
     #[serde(default)]
     pub content: Option<String>,
+    /// The calls the model made, when it made any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One chunk of a streamed completion (`"object": "chat.completion.chunk"`).
@@ -226,6 +231,9 @@ pub struct Delta {
     /// New text; `null` or absent when the chunk carries none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Pieces of tool calls: a call's index, id, type and name first, then its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallChunk>>,
 }
 
 /// The body of `GET /v1/models`.
@@ -374,6 +382,7 @@ mod tests {
                 delta: Delta {
                     role: Some(Role::Assistant),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 logprobs: None,
                 finish_reason: None,

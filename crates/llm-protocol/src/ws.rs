@@ -3,7 +3,8 @@
 //! The client sends a chat request as JSON (the same fields as `POST /v1/chat/completions`,
 //! optionally with `"type": "chat"`), or `{"type": "cancel"}` to stop the current generation.
 //! The server answers each request with `token` messages carrying deltas (never the cumulative
-//! text), then one `done`, or an `error`. Several turns may share one socket.
+//! text) and, when the model calls tools, `tool_call` messages with their pieces, then one
+//! `done`, or an `error`. Several turns may share one socket.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,20 @@ pub enum ServerMessage {
     Token {
         /// The delta.
         content: String,
+    },
+    /// A piece of a tool call: the call's `id` and `name` on its first piece, then the
+    /// arguments' JSON text in pieces.
+    ToolCall {
+        /// Which call of the answer, from 0.
+        index: u32,
+        /// The call's id, on its first piece.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The function's name, on the call's first piece.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The next piece of the arguments.
+        arguments: String,
     },
     /// The generation ended.
     Done {

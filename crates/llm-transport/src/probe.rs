@@ -577,10 +577,19 @@ pub fn corpus(body_limit: usize) -> Vec<Probe> {
             Some("response_format.json_schema.schema"),
         ),
         (
-            "tools, not served yet",
-            with(r#""tools":[{"type":"function","function":{"name":"f"}}]"#),
+            "a tool choice naming a function not offered",
+            with(
+                r#""tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}"#,
+            ),
             400,
-            Some("tools"),
+            Some("tool_choice"),
+        ),
+        (
+            "a tool result without the call it answers",
+            r#"{"messages":[{"role":"user","content":"x"},{"role":"tool","content":"r"}]}"#
+                .to_owned(),
+            400,
+            Some("messages[1].tool_call_id"),
         ),
         (
             "too many top_logprobs",

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use llm_protocol::tools::{ToolCall, ToolType};
 use llm_protocol::{
     AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, Role,
 };
@@ -110,7 +111,20 @@ async fn complete(
             index: 0,
             message: AssistantMessage {
                 role: Role::Assistant,
-                content: Some(completion.text),
+                // An answer that is only calls has no content, as OpenAI's.
+                content: (completion.tool_calls.is_empty() || !completion.text.is_empty())
+                    .then_some(completion.text),
+                tool_calls: (!completion.tool_calls.is_empty()).then(|| {
+                    completion
+                        .tool_calls
+                        .into_iter()
+                        .map(|function| ToolCall {
+                            id: response_id("call_"),
+                            kind: ToolType::Function,
+                            function,
+                        })
+                        .collect()
+                }),
             },
             logprobs: request.logprobs.then_some(ChoiceLogprobs {
                 content: completion.logprobs,

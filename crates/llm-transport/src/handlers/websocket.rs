@@ -22,7 +22,7 @@ use super::generate::start_generation;
 use crate::body::ResponseBody;
 use crate::connection::ConnectionSlot;
 use crate::error::{Error, Result};
-use crate::http::RequestInfo;
+use crate::http::{response_id, RequestInfo};
 use crate::state::State;
 use crate::stream::{Generation, KeepAlive};
 
@@ -247,9 +247,26 @@ impl Session {
 
     async fn on_event(&mut self, event: Option<EngineEvent>) -> Step {
         let message = match event {
-            Some(EngineEvent::Delta(delta)) => ServerMessage::Token {
-                content: delta.text,
-            },
+            Some(EngineEvent::Delta(delta)) => {
+                let token = (!delta.text.is_empty()).then_some(ServerMessage::Token {
+                    content: delta.text,
+                });
+                let calls = delta
+                    .tool_calls
+                    .into_iter()
+                    .map(|piece| ServerMessage::ToolCall {
+                        index: piece.index,
+                        id: piece.name.is_some().then(|| response_id("call_")),
+                        name: piece.name,
+                        arguments: piece.arguments,
+                    });
+                for message in token.into_iter().chain(calls) {
+                    if let Step::Close = self.send(&message).await {
+                        return Step::Close;
+                    }
+                }
+                return Step::Continue;
+            }
             Some(EngineEvent::Finished(finish)) => {
                 self.current = None;
                 ServerMessage::Done {

@@ -7,7 +7,8 @@
 //! `id: RESPONSE:N`.
 
 use bytes::Bytes;
-use llm_engine::{Finish, TextDelta};
+use llm_engine::{Finish, TextDelta, ToolCallDelta};
+use llm_protocol::tools::{FunctionCallChunk, ToolCallChunk, ToolType};
 use llm_protocol::{
     ChatCompletionChunk, ChoiceLogprobs, ChunkChoice, Delta, FinishReason, Role, Usage,
 };
@@ -15,6 +16,7 @@ use llm_protocol::{
 use super::encoder::Encoder;
 use super::frame::Framer;
 use crate::error::Error;
+use crate::http::response_id;
 
 /// What every chunk of one response repeats.
 #[derive(Debug, Clone)]
@@ -104,6 +106,7 @@ impl Encoder for ChunkEncoder {
         let delta = Delta {
             role: Some(Role::Assistant),
             content: Some(String::new()),
+            tool_calls: None,
         };
         let chunk = self.meta.chunk(delta, None);
         vec![self.framer.json(None, &chunk)]
@@ -116,25 +119,37 @@ impl Encoder for ChunkEncoder {
     }
 
     /// A delta chunk with `logprobs.content` or the usage so far, when asked for: serialized,
-    /// as those are rare; otherwise the rendered frame of [`Encoder::delta`].
-    fn text_delta(&mut self, delta: &TextDelta) -> Bytes {
-        if delta.logprobs.is_empty() && !self.meta.continuous_usage {
-            return self.delta(&delta.text);
+    /// as those are rare; otherwise the rendered frame of [`Encoder::delta`]. Then one chunk
+    /// per tool-call piece, a call's first with a new call id.
+    fn text_delta(&mut self, delta: &TextDelta) -> Vec<Bytes> {
+        let usage = self.meta.continuous_usage.then_some(delta.usage);
+        let mut frames = Vec::with_capacity(1 + delta.tool_calls.len());
+        if delta.logprobs.is_empty() && usage.is_none() && !delta.text.is_empty() {
+            frames.push(self.delta(&delta.text));
+        } else if !delta.text.is_empty() {
+            let content = Delta {
+                content: Some(delta.text.clone()),
+                ..Delta::default()
+            };
+            let mut chunk = self.meta.chunk(content, None);
+            if !delta.logprobs.is_empty() {
+                chunk.choices[0].logprobs = Some(ChoiceLogprobs {
+                    content: delta.logprobs.clone(),
+                });
+            }
+            chunk.usage = usage;
+            frames.push(self.framer.json(None, &chunk));
         }
-        let content = Delta {
-            role: None,
-            content: Some(delta.text.clone()),
-        };
-        let mut chunk = self.meta.chunk(content, None);
-        if !delta.logprobs.is_empty() {
-            chunk.choices[0].logprobs = Some(ChoiceLogprobs {
-                content: delta.logprobs.clone(),
-            });
+        for piece in &delta.tool_calls {
+            let call = Delta {
+                tool_calls: Some(vec![tool_call_chunk(piece)]),
+                ..Delta::default()
+            };
+            let mut chunk = self.meta.chunk(call, None);
+            chunk.usage = usage;
+            frames.push(self.framer.json(None, &chunk));
         }
-        if self.meta.continuous_usage {
-            chunk.usage = Some(delta.usage);
-        }
-        self.framer.json(None, &chunk)
+        frames
     }
 
     fn finish(&mut self, finish: &Finish) -> Vec<Bytes> {
@@ -150,9 +165,33 @@ impl Encoder for ChunkEncoder {
     }
 }
 
+/// A piece of a call in OpenAI's shape: the first with a fresh `call_` id, `type` and name.
+fn tool_call_chunk(piece: &ToolCallDelta) -> ToolCallChunk {
+    let first = piece.name.is_some();
+    ToolCallChunk {
+        index: piece.index,
+        id: first.then(|| response_id("call_")),
+        kind: first.then_some(ToolType::Function),
+        function: FunctionCallChunk {
+            name: piece.name.clone(),
+            arguments: Some(piece.arguments.clone()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plain_meta() -> ChunkMeta {
+        ChunkMeta {
+            id: "chatcmpl-1".to_owned(),
+            created: 7,
+            model: "m".to_owned(),
+            include_usage: false,
+            continuous_usage: false,
+        }
+    }
 
     /// The rendered delta frame is exactly what encoding the chunk gives.
     #[test]
@@ -178,6 +217,7 @@ mod tests {
                 let delta = Delta {
                     role: None,
                     content: Some(text.to_owned()),
+                    tool_calls: None,
                 };
                 let expected = slow.json(None, &meta.chunk(delta, None));
                 assert_eq!(fast.delta(text), expected, "{text:?}");
@@ -189,14 +229,7 @@ mod tests {
     #[test]
     fn a_delta_with_logprobs_is_openais_chunk() {
         use llm_protocol::{TokenLogprob, TopLogprob};
-        let meta = ChunkMeta {
-            id: "chatcmpl-1".to_owned(),
-            created: 7,
-            model: "m".to_owned(),
-            include_usage: false,
-            continuous_usage: false,
-        };
-        let mut encoder = ChunkEncoder::new(meta, false);
+        let mut encoder = ChunkEncoder::new(plain_meta(), false);
         let token = |text: &str, logprob: f32| TokenLogprob {
             token: text.to_owned(),
             logprob,
@@ -207,19 +240,80 @@ mod tests {
                 bytes: Some(text.as_bytes().to_vec()),
             }],
         };
-        let frame = encoder.text_delta(&TextDelta {
+        let frames = encoder.text_delta(&TextDelta {
             text: " Hi!".to_owned(),
+            tool_calls: Vec::new(),
             logprobs: vec![token(" Hi", -0.5), token("!", -0.25)],
             usage: Usage::new(3, 2),
         });
+        assert_eq!(frames.len(), 1);
         assert_eq!(
-            std::str::from_utf8(&frame).expect("UTF-8"),
+            std::str::from_utf8(&frames[0]).expect("UTF-8"),
             "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\
              \"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" Hi!\"},\
              \"logprobs\":{\"content\":[{\"token\":\" Hi\",\"logprob\":-0.5,\"bytes\":[32,72,105],\
              \"top_logprobs\":[{\"token\":\" Hi\",\"logprob\":-0.5,\"bytes\":[32,72,105]}]},\
              {\"token\":\"!\",\"logprob\":-0.25,\"bytes\":[33],\"top_logprobs\":[{\"token\":\"!\",\
              \"logprob\":-0.25,\"bytes\":[33]}]}]},\"finish_reason\":null}]}\n\n"
+        );
+    }
+
+    /// Call pieces go one per chunk after the text: the first with a `call_` id, `type` and
+    /// name, the next with argument text only.
+    #[test]
+    fn tool_call_pieces_are_openais_chunks() {
+        let mut encoder = ChunkEncoder::new(plain_meta(), false);
+        let frames = encoder.text_delta(&TextDelta {
+            text: "Let me look.".to_owned(),
+            tool_calls: vec![
+                ToolCallDelta {
+                    index: 0,
+                    name: Some("get_weather".to_owned()),
+                    arguments: String::new(),
+                },
+                ToolCallDelta {
+                    index: 0,
+                    name: None,
+                    arguments: "{\"city\": ".to_owned(),
+                },
+            ],
+            ..TextDelta::default()
+        });
+        let chunks: Vec<ChatCompletionChunk> = frames
+            .iter()
+            .map(|frame| {
+                let text = std::str::from_utf8(frame).expect("UTF-8");
+                let data = text.strip_prefix("data: ").expect("data line").trim_end();
+                serde_json::from_str(data).expect("a chunk")
+            })
+            .collect();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            chunks[0].choices[0].delta.content.as_deref(),
+            Some("Let me look.")
+        );
+        let first = &chunks[1].choices[0]
+            .delta
+            .tool_calls
+            .as_deref()
+            .expect("calls")[0];
+        assert!(
+            first
+                .id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("call_")),
+            "{first:?}"
+        );
+        assert_eq!(first.kind, Some(ToolType::Function));
+        assert_eq!(first.function.name.as_deref(), Some("get_weather"));
+        assert_eq!(first.function.arguments.as_deref(), Some(""));
+        let next = std::str::from_utf8(&frames[2]).expect("UTF-8");
+        assert_eq!(
+            next,
+            "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":7,\
+             \"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\
+             \"function\":{\"arguments\":\"{\\\"city\\\": \"}}]},\"logprobs\":null,\
+             \"finish_reason\":null}]}\n\n"
         );
     }
 }

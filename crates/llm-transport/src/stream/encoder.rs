@@ -16,10 +16,13 @@ pub(crate) trait Encoder: Send + 'static {
     /// allocate once.
     fn delta(&mut self, text: &str) -> Bytes;
 
-    /// The frame of a delta with what comes with its text (log probabilities, token counts so
-    /// far). Dialects whose requests cannot ask for those send the text alone.
-    fn text_delta(&mut self, delta: &TextDelta) -> Bytes {
-        self.delta(&delta.text)
+    /// The frames of a delta with what comes with its text (log probabilities, token counts
+    /// so far, tool calls). Dialects whose requests cannot ask for those send the text alone.
+    fn text_delta(&mut self, delta: &TextDelta) -> Vec<Bytes> {
+        if delta.text.is_empty() {
+            return Vec::new();
+        }
+        vec![self.delta(&delta.text)]
     }
 
     /// The frames that end a finished generation, the stream's end marker included.

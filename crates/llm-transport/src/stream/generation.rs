@@ -75,7 +75,7 @@ impl Generation {
         encoder: &mut dyn Encoder,
     ) -> Option<(Vec<Bytes>, bool)> {
         Some(match self.next_event().await? {
-            EngineEvent::Delta(delta) => (vec![encoder.text_delta(&delta)], false),
+            EngineEvent::Delta(delta) => (encoder.text_delta(&delta), false),
             EngineEvent::Finished(finish) => (encoder.finish(&finish), true),
             EngineEvent::Error(error) => {
                 let error = Error::Engine(error);

@@ -674,3 +674,159 @@ async fn continuous_usage_counts_tokens_on_every_chunk() {
         "the finish chunk has the totals"
     );
 }
+
+/// A forced tool call (`tool_choice` naming a function, or `required` among several) streams
+/// the call's index, id, type and name first, then the arguments in pieces, and ends with
+/// `tool_calls`; the arguments validate against the function's schema, and the whole answer
+/// carries the same call with `content: null`. History with calls and results reaches the
+/// model as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_tool_calls_stream_arguments_that_hold_to_the_schema() {
+    use super::dialects::json_body;
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let tools = r#"[{"type":"function","function":{"name":"get_weather","description":"The weather in a city",
+        "parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":20},
+        "unit":{"type":"string","enum":["celsius","fahrenheit"]}},"required":["city","unit"],
+        "additionalProperties":false}}},
+        {"type":"function","function":{"name":"get_time","parameters":{"type":"object",
+        "properties":{"zone":{"type":"string","maxLength":20}},"required":["zone"],"additionalProperties":false}}}]"#;
+    for (question, choice, wanted) in [
+        (
+            "What is the weather in Paris?",
+            r#"{"type":"function","function":{"name":"get_weather"}}"#,
+            Some("get_weather"),
+        ),
+        ("What time is it in Tokyo?", r#""required""#, None),
+    ] {
+        let fields = format!(
+            r#""temperature":0,"max_tokens":60,"tools":{tools},"tool_choice":{choice},
+               "messages":[{{"role":"user","content":"{question}"}}]"#
+        );
+        let stream = exchange(
+            test.address,
+            &post(
+                "/v1/chat/completions",
+                &format!(r#"{{"stream":true,{fields}}}"#),
+            ),
+        )
+        .await;
+        assert_eq!(stream.status, 200);
+        let chunks: Vec<serde_json::Value> = frames(&stream)
+            .iter()
+            .filter_map(|frame| frame.strip_prefix("data: "))
+            .filter(|data| data.trim() != "[DONE]")
+            .map(|data| serde_json::from_str(data).expect("JSON"))
+            .collect();
+        let pieces: Vec<&serde_json::Value> = chunks
+            .iter()
+            .filter_map(|chunk| chunk["choices"][0]["delta"]["tool_calls"].as_array())
+            .map(|calls| {
+                assert_eq!(calls.len(), 1, "one piece per chunk");
+                &calls[0]
+            })
+            .collect();
+        let (first, rest) = pieces.split_first().expect("a call");
+        assert!(first["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_")));
+        assert_eq!(first["type"], "function");
+        assert_eq!(first["function"]["arguments"], "", "the name comes first");
+        let name = first["function"]["name"].as_str().expect("a name");
+        if let Some(wanted) = wanted {
+            assert_eq!(name, wanted);
+        }
+        let mut arguments = String::new();
+        for piece in rest {
+            assert_eq!(piece["index"], 0);
+            assert!(piece.get("id").is_none() && piece["function"].get("name").is_none());
+            arguments.push_str(piece["function"]["arguments"].as_str().expect("text"));
+        }
+        assert!(
+            chunks
+                .iter()
+                .all(|chunk| chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_none_or(str::is_empty)),
+            "no content beside a forced call"
+        );
+        let finish = chunks
+            .iter()
+            .find_map(|chunk| chunk["choices"][0]["finish_reason"].as_str());
+        assert_eq!(finish, Some("tool_calls"));
+
+        let value: serde_json::Value = serde_json::from_str(&arguments)
+            .unwrap_or_else(|error| panic!("{arguments:?} is not JSON: {error}"));
+        let object = value.as_object().expect("an object");
+        let short_string = |key: &str| {
+            object[key]
+                .as_str()
+                .is_some_and(|text| text.chars().count() <= 20)
+        };
+        match name {
+            "get_weather" => {
+                let keys: Vec<&String> = object.keys().collect();
+                assert_eq!(keys, ["city", "unit"], "{arguments}");
+                assert!(short_string("city"), "{arguments}");
+                assert!(["celsius", "fahrenheit"].contains(&object["unit"].as_str().unwrap_or("")));
+            }
+            "get_time" => {
+                let keys: Vec<&String> = object.keys().collect();
+                assert_eq!(keys, ["zone"], "{arguments}");
+                assert!(short_string("zone"), "{arguments}");
+            }
+            other => panic!("called a function that is not offered: {other}"),
+        }
+
+        let whole = json_body(
+            &exchange(
+                test.address,
+                &post("/v1/chat/completions", &format!("{{{fields}}}")),
+            )
+            .await,
+        );
+        let choice = &whole["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{whole}");
+        assert!(choice["message"]["content"].is_null(), "{whole}");
+        let call = &choice["message"]["tool_calls"][0];
+        assert!(call["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_")));
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], name);
+        assert_eq!(call["function"]["arguments"], arguments.as_str());
+    }
+
+    // The history's calls and results are rendered for the model.
+    let history = r#""messages":[{"role":"user","content":"Weather in Oslo?"},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"call_7","type":"function",
+         "function":{"name":"get_weather","arguments":"{\"city\": \"Oslo\"}"}}]},
+        {"role":"tool","tool_call_id":"call_7","content":"minus three"}]"#;
+    let tokens =
+        json_body(&exchange(test.address, &post("/tokenize", &format!("{{{history}}}"))).await);
+    let text = json_body(
+        &exchange(
+            test.address,
+            &post(
+                "/detokenize",
+                &format!(r#"{{"tokens":{}}}"#, tokens["tokens"]),
+            ),
+        )
+        .await,
+    );
+    let prompt = text["prompt"].as_str().expect("text");
+    assert!(
+        prompt.contains(
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"
+        ) && prompt.contains("<tool_response>\nminus three\n</tool_response>"),
+        "{prompt}"
+    );
+    let answer = exchange(
+        test.address,
+        &post(
+            "/v1/chat/completions",
+            &format!(r#"{{"max_tokens":8,"tools":{tools},{history}}}"#),
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+}

@@ -5,7 +5,8 @@
 //! growth of the KV cache), arrival times, exact repeats, a shared system prompt and the next
 //! turn of an earlier chat (prefix-cache hits), stop sequences and `max_tokens`, streaming and
 //! non-streaming requests and WebSocket turns, neighbours cancelled mid-stream, seeded requests
-//! sampled at temperature 1 and JSON-constrained ones (`response_format`). After each
+//! sampled at temperature 1, JSON-constrained ones (`response_format`) and forced tool calls
+//! (compared by their streamed pieces). After each
 //! wave, each distinct request is run alone (nothing else running) once, and every batched
 //! answer must equal it byte for byte, with the same finish reason and token count; a cancelled
 //! request's text must be a prefix of it. Any error is a failure too: nothing in this schedule
@@ -102,13 +103,15 @@ struct Planned {
     seed: Option<i64>,
     /// Constrained to a JSON object.
     json: bool,
+    /// Made to call a tool (`tool_choice: required`).
+    tool: bool,
 }
 
 impl Planned {
     /// What makes two requests the same request: their answers must be equal.
     fn key(&self) -> String {
         json!({"messages": self.messages, "max_tokens": self.max_tokens, "stop": self.stop,
-            "seed": self.seed, "json": self.json})
+            "seed": self.seed, "json": self.json, "tool": self.tool})
         .to_string()
     }
 
@@ -128,6 +131,12 @@ impl Planned {
         }
         if self.json {
             body["response_format"] = json!({"type": "json_object"});
+        }
+        if self.tool {
+            body["tools"] = json!([{"type": "function", "function": {"name": "lookup",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                "required": ["query"]}}}]);
+            body["tool_choice"] = json!("required");
         }
         body
     }
@@ -196,6 +205,7 @@ impl Schedule {
                         .pick(&[Mode::Stream, Mode::Stream, Mode::Whole, Mode::WebSocket]);
                 let cancel_after =
                     (mode != Mode::Whole && self.rng.chance(15)).then(|| 1 + self.rng.below(20));
+                let json = self.rng.chance(10);
                 Planned {
                     messages: self.messages(),
                     max_tokens: *self.rng.pick(&[1, 8, 24, 48, 64, 96, 160]),
@@ -211,7 +221,8 @@ impl Schedule {
                         .rng
                         .chance(15)
                         .then(|| self.rng.below(1000) as i64 - 500),
-                    json: self.rng.chance(10),
+                    json,
+                    tool: !json && self.rng.chance(10),
                 }
             })
             .collect()
@@ -253,6 +264,19 @@ async fn stream(address: SocketAddr, planned: &Planned) -> Result<Answer, String
                     deltas += 1;
                 }
             }
+            for piece in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let function = &piece["function"];
+                push_call(
+                    &mut answer.text,
+                    function["name"].as_str(),
+                    &function["arguments"],
+                );
+                deltas += 1;
+            }
             if let Some(finish) = choice["finish_reason"].as_str() {
                 answer.finish = finish.to_owned();
             }
@@ -272,11 +296,14 @@ async fn whole(address: SocketAddr, planned: &Planned) -> Result<Answer, String>
     if response.status != 200 {
         return Err(format!("status {}: {value}", response.status));
     }
+    let message = &value["choices"][0]["message"];
+    let mut text = message["content"].as_str().unwrap_or_default().to_owned();
+    for call in message["tool_calls"].as_array().into_iter().flatten() {
+        let function = &call["function"];
+        push_call(&mut text, function["name"].as_str(), &function["arguments"]);
+    }
     Ok(Answer {
-        text: value["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        text,
         finish: value["choices"][0]["finish_reason"]
             .as_str()
             .unwrap_or_default()
@@ -298,8 +325,12 @@ async fn websocket(address: SocketAddr, planned: &Planned) -> Result<Answer, Str
     loop {
         let message = receive(&mut socket).await;
         match message["type"].as_str() {
-            Some("token") => {
-                text.push_str(message["content"].as_str().unwrap_or_default());
+            Some(kind @ ("token" | "tool_call")) => {
+                if kind == "token" {
+                    text.push_str(message["content"].as_str().unwrap_or_default());
+                } else {
+                    push_call(&mut text, message["name"].as_str(), &message["arguments"]);
+                }
                 deltas += 1;
                 if planned.cancel_after == Some(deltas) {
                     socket
@@ -321,6 +352,15 @@ async fn websocket(address: SocketAddr, planned: &Planned) -> Result<Answer, Str
             _ => return Err(format!("WebSocket message {message}")),
         }
     }
+}
+
+/// Writes a piece of a tool call into an answer's text, its name marked, so that calls are
+/// compared like text.
+fn push_call(text: &mut String, name: Option<&str>, arguments: &Value) {
+    if let Some(name) = name {
+        text.push_str(&format!("\u{1}call {name}\u{1}"));
+    }
+    text.push_str(arguments.as_str().unwrap_or_default());
 }
 
 async fn run(address: SocketAddr, planned: &Planned) -> Result<Answer, String> {
