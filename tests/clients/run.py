@@ -537,6 +537,7 @@ def openai_suite(ctx: Context) -> None:
     r.run("openai.error_unusable_schema", test_unusable_schema, ctx)
     r.run("openai.seed", test_seed, ctx)
     r.run("openai.logprobs", test_logprobs, ctx)
+    r.run("openai.n_choices", test_n_choices, ctx)
     r.run("openai.tools", test_tools, ctx)
     r.run("openai.tools_stream_helper", test_tools_stream_helper, ctx)
     r.run("auth.missing_key_401", test_missing_key, ctx)
@@ -821,6 +822,29 @@ def test_unusable_schema(ctx: Context) -> str:
             expect(error.param == "response_format", f"param {error.param!r}, want response_format")
             return "BadRequestError param=response_format"
     raise AssertionError("a schema with a dangling $ref was accepted")
+
+
+def test_n_choices(ctx: Context) -> str:
+    args = dict(model=ctx.model, messages=user("Write a story about a dragon."), max_tokens=20,
+                temperature=1.0, seed=11, n=2)
+    with sync_client(ctx) as client:
+        whole = client.chat.completions.create(**args)
+        streamed, finishes = ["", ""], [None, None]
+        usage = None
+        for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **args):
+            if chunk.usage:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                streamed[choice.index] += choice.delta.content or ""
+                finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    expect([choice.index for choice in whole.choices] == [0, 1], f"indexes {[c.index for c in whole.choices]}")
+    for index, choice in enumerate(whole.choices):
+        same_text(streamed[index], choice.message.content or "", f"choice {index} streamed")
+    expect(whole.choices[0].message.content != whole.choices[1].message.content, "the two choices are the same text")
+    expect(finishes == ["length", "length"], f"finish reasons {finishes}")
+    expect(usage is not None and usage.completion_tokens == 40 == whole.usage.completion_tokens,
+           f"usage {usage!r} / {whole.usage!r}")
+    return "2 choices, streamed under their indexes, equal the whole answer's; usage counts both"
 
 
 WEATHER_QUESTION = "What is the weather in Paris?"

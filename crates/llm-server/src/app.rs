@@ -40,6 +40,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.stream_buffer = args.stream_buffer as usize;
     config.max_connections = args.max_connections as usize;
     config.request_timeout = Duration::from_secs_f64(args.request_timeout_secs);
+    config.max_choices = args.max_choices;
     config.api_keys = args.api_keys.clone();
     config.cors_origins = args.cors_origins.clone();
     config.resume.grace = Duration::from_secs_f64(args.resume_grace_secs);

@@ -94,6 +94,10 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_REQUEST_TIMEOUT_SECS", default_value_t = 300.0, value_parser = positive_seconds)]
     pub(crate) request_timeout_secs: f64,
 
+    /// The most choices (`n`) one chat request may ask for; each is a generation of its own.
+    #[arg(long, env = "LLM_STREAM_MAX_CHOICES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub(crate) max_choices: u32,
+
     /// An API key clients must send (`Authorization: Bearer KEY`, or `?api_key=KEY` from
     /// browsers). Repeat the flag for several keys; the variable takes a comma-separated list.
     /// Without any key the API is open.

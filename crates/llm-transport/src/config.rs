@@ -28,6 +28,9 @@ pub struct TransportConfig {
     /// A non-streaming request that has not finished after this long gets 504 and its
     /// generation is cancelled.
     pub request_timeout: Duration,
+    /// The most choices (`n`) one chat request may ask for; more get 400 naming `n`. Each
+    /// choice is a generation of its own in the engine, taking a running slot.
+    pub max_choices: u32,
     /// API keys; empty means no authentication. `/v1/*`, `/stream` and `/ws/chat` then need
     /// `Authorization: Bearer KEY` or, for browsers, `?api_key=KEY`.
     pub api_keys: Vec<String>,
@@ -64,6 +67,7 @@ impl Default for TransportConfig {
             stream_buffer: 64,
             max_connections: 1024,
             request_timeout: Duration::from_secs(300),
+            max_choices: 8,
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
             resume: ResumeConfig::default(),

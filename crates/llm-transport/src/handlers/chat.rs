@@ -4,12 +4,15 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use llm_engine::Completion;
 use llm_protocol::tools::{ToolCall, ToolType};
 use llm_protocol::{
-    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, Role,
+    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, Role, Usage,
 };
 
-use super::generate::{collect, start_generation, start_stream, whole_response, StreamOptions};
+use super::generate::{
+    collect_choices, start_generation, start_stream, whole_response, StreamOptions,
+};
 use crate::body::ResponseBody;
 use crate::error::Result;
 use crate::http::{read_body, response_id, unix_now, RequestInfo};
@@ -89,6 +92,7 @@ pub(crate) fn chat_stream(
             model,
             include_usage: request.include_usage(),
             continuous_usage: request.continuous_usage(),
+            choices: request.n.unwrap_or(1).max(1),
         };
         Box::new(ChunkEncoder::new(meta, resumable))
     })
@@ -101,36 +105,53 @@ async fn complete(
     info: &RequestInfo,
 ) -> Result<Response<ResponseBody>> {
     let (mut generation, model) = start_generation(state, &request.into(), info)?;
-    let completion = collect(state, &mut generation).await?;
+    let completions = collect_choices(state, &mut generation).await?;
+    let prompt_tokens = completions
+        .first()
+        .map_or(0, |completion| completion.finish.usage.prompt_tokens);
+    let generated = completions
+        .iter()
+        .map(|completion| completion.finish.usage.completion_tokens)
+        .fold(0u32, u32::saturating_add);
+    let choices = completions
+        .into_iter()
+        .zip(0..)
+        .map(|(completion, index)| choice(request, index, completion))
+        .collect();
     Ok(whole_response(&ChatCompletion {
         id: response_id("chatcmpl-"),
         object: "chat.completion".to_owned(),
         created: unix_now(),
         model,
-        choices: vec![Choice {
-            index: 0,
-            message: AssistantMessage {
-                role: Role::Assistant,
-                // An answer that is only calls has no content, as OpenAI's.
-                content: (completion.tool_calls.is_empty() || !completion.text.is_empty())
-                    .then_some(completion.text),
-                tool_calls: (!completion.tool_calls.is_empty()).then(|| {
-                    completion
-                        .tool_calls
-                        .into_iter()
-                        .map(|function| ToolCall {
-                            id: response_id("call_"),
-                            kind: ToolType::Function,
-                            function,
-                        })
-                        .collect()
-                }),
-            },
-            logprobs: request.logprobs.then_some(ChoiceLogprobs {
-                content: completion.logprobs,
-            }),
-            finish_reason: Some(completion.finish.reason),
-        }],
-        usage: Some(completion.finish.usage),
+        choices,
+        usage: Some(Usage::new(prompt_tokens, generated)),
     }))
+}
+
+/// One choice of a whole answer.
+fn choice(request: &ChatCompletionRequest, index: u32, completion: Completion) -> Choice {
+    Choice {
+        index,
+        message: AssistantMessage {
+            role: Role::Assistant,
+            // An answer that is only calls has no content, as OpenAI's.
+            content: (completion.tool_calls.is_empty() || !completion.text.is_empty())
+                .then_some(completion.text),
+            tool_calls: (!completion.tool_calls.is_empty()).then(|| {
+                completion
+                    .tool_calls
+                    .into_iter()
+                    .map(|function| ToolCall {
+                        id: response_id("call_"),
+                        kind: ToolType::Function,
+                        function,
+                    })
+                    .collect()
+            }),
+        },
+        logprobs: request.logprobs.then_some(ChoiceLogprobs {
+            content: completion.logprobs,
+        }),
+        finish_reason: Some(completion.finish.reason),
+    }
 }

@@ -21,6 +21,14 @@ pub(crate) async fn completions(
     let body = read_body(request, state.config().body_limit).await?;
     let request = CompletionRequest::from_json(&body)?;
     let generate: GenerateRequest = (&request).into();
+    if generate.n.is_some_and(|n| n > 1) {
+        return Err(llm_engine::Error::Unsupported {
+            param: "n",
+            reason: "completions generate one choice per request; send several requests, or use \
+                     chat completions",
+        }
+        .into());
+    }
     let id = response_id("cmpl-");
     let meta = |model| CompletionMeta {
         id: id.clone(),

@@ -27,9 +27,35 @@ pub(crate) fn start_generation(
 ) -> Result<(Generation, String)> {
     let backend = state.backend()?;
     let model = check_model(&request.model, backend.model())?;
-    let stream = backend.submit(request)?;
-    let generation = Generation::new(stream, Arc::clone(state.metrics()), info);
+    let streams = match request.n {
+        Some(n) if n > 1 => {
+            let limit = state.config().max_choices;
+            if n > limit {
+                return Err(Error::InvalidRequest(llm_protocol::Error::invalid_param(
+                    "n",
+                    format!("`n` may be at most {limit} on this server (--max-choices), got {n}"),
+                )));
+            }
+            // One engine request per choice; dropping the ones already submitted when a
+            // later one is refused cancels them.
+            (0..n)
+                .map(|index| backend.submit(&choice(request, index)))
+                .collect::<llm_engine::Result<Vec<_>>>()?
+        }
+        _ => vec![backend.submit(request)?],
+    };
+    let generation = Generation::new(streams, Arc::clone(state.metrics()), info);
     Ok((generation, model))
+}
+
+/// Choice `index` of a request for several: one choice, with the seed (when there is one)
+/// moved by the index, so that a seeded request's choices differ and each is reproducible.
+fn choice(request: &GenerateRequest, index: u32) -> GenerateRequest {
+    GenerateRequest {
+        n: None,
+        seed: request.seed.map(|seed| seed.wrapping_add(i64::from(index))),
+        ..request.clone()
+    }
 }
 
 /// Starts `request`'s generation and answers with its event stream, in the dialect of the
@@ -75,6 +101,18 @@ pub(crate) struct StreamOptions<'a> {
 /// The generation's error; [`Error::Timeout`] past the request timeout and
 /// [`Error::ShuttingDown`] at the shutdown deadline, both of which cancel the generation.
 pub(crate) async fn collect(state: &State, generation: &mut Generation) -> Result<Completion> {
+    let mut choices = collect_choices(state, generation).await?;
+    Ok(choices.swap_remove(0))
+}
+
+/// [`collect`] for a request of several choices: every choice's answer, in index order.
+///
+/// # Errors
+/// As [`collect`].
+pub(crate) async fn collect_choices(
+    state: &State,
+    generation: &mut Generation,
+) -> Result<Vec<Completion>> {
     let timeout = state.config().request_timeout;
     let deadline = state.shutdown().deadline();
     let outcome = tokio::select! {

@@ -228,6 +228,13 @@ impl Session {
                 if self.current.is_some() {
                     return self.error(&Error::Busy).await;
                 }
+                if request.n.is_some_and(|n| n > 1) {
+                    let error = llm_engine::Error::Unsupported {
+                        param: "n",
+                        reason: "a WebSocket turn streams one choice; send several turns",
+                    };
+                    return self.error(&error.into()).await;
+                }
                 self.turns += 1;
                 let info = RequestInfo {
                     id: format!("{}.{}", self.info.id, self.turns),

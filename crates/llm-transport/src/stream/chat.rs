@@ -2,8 +2,10 @@
 //!
 //! The first chunk's delta is `{"role":"assistant","content":""}`, then one chunk per delta,
 //! then a chunk with `finish_reason`, then (with `stream_options.include_usage`) a chunk with
-//! `"choices": []` and `usage`, then `data: [DONE]`. An error after the stream started is sent
-//! as `data: {"error": {...}}` followed by `data: [DONE]`. Events of resumable streams carry
+//! `"choices": []` and `usage`, then `data: [DONE]`. With `n` above 1 each choice has its own
+//! role chunk and finish chunk under its `index`, their deltas interleaved as generated, and the
+//! usage chunk counts them all. An error after the stream started is sent as
+//! `data: {"error": {...}}` followed by `data: [DONE]`. Events of resumable streams carry
 //! `id: RESPONSE:N`.
 
 use bytes::Bytes;
@@ -27,17 +29,24 @@ pub(crate) struct ChunkMeta {
     pub(crate) include_usage: bool,
     /// `stream_options.continuous_usage_stats`: usage on every chunk with text or a finish.
     pub(crate) continuous_usage: bool,
+    /// How many choices (`n`), at least 1.
+    pub(crate) choices: u32,
 }
 
 impl ChunkMeta {
-    fn chunk(&self, delta: Delta, finish_reason: Option<FinishReason>) -> ChatCompletionChunk {
+    fn chunk(
+        &self,
+        index: u32,
+        delta: Delta,
+        finish_reason: Option<FinishReason>,
+    ) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk".to_owned(),
             created: self.created,
             model: self.model.clone(),
             choices: vec![ChunkChoice {
-                index: 0,
+                index,
                 delta,
                 logprobs: None,
                 finish_reason,
@@ -50,7 +59,7 @@ impl ChunkMeta {
         ChatCompletionChunk {
             choices: Vec::new(),
             usage: Some(usage),
-            ..self.chunk(Delta::default(), None)
+            ..self.chunk(0, Delta::default(), None)
         }
     }
 }
@@ -60,9 +69,11 @@ impl ChunkMeta {
 pub(crate) struct ChunkEncoder {
     meta: ChunkMeta,
     framer: Framer,
-    /// `data: ` and a delta chunk's JSON up to its content string: the same for every delta of
-    /// the response, rendered once.
-    delta_prefix: String,
+    /// For each choice, `data: ` and a delta chunk's JSON up to its content string: the same
+    /// for every delta of the choice, rendered once.
+    delta_prefixes: Vec<String>,
+    /// Which choices have sent their finish chunk.
+    finished: Vec<bool>,
 }
 
 /// What follows the content string in a delta chunk's JSON.
@@ -71,26 +82,41 @@ const DELTA_SUFFIX: &str = "},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
 impl ChunkEncoder {
     pub(crate) fn new(meta: ChunkMeta, resumable: bool) -> Self {
         let json = |text: &str| serde_json::to_string(text).expect("strings serialize");
-        let delta_prefix = format!(
-            "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\
-             \"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
-            json(&meta.id),
-            meta.created,
-            json(&meta.model)
-        );
+        let choices = meta.choices.max(1);
+        let delta_prefixes = (0..choices)
+            .map(|index| {
+                format!(
+                    "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\
+                     \"model\":{},\"choices\":[{{\"index\":{index},\"delta\":{{\"content\":",
+                    json(&meta.id),
+                    meta.created,
+                    json(&meta.model)
+                )
+            })
+            .collect();
         Self {
             framer: Framer::new(&meta.id, resumable),
             meta,
-            delta_prefix,
+            delta_prefixes,
+            finished: vec![false; choices as usize],
         }
     }
 
-    fn end(&mut self, reason: FinishReason, usage: Option<Usage>) -> Vec<Bytes> {
-        let mut chunk = self.meta.chunk(Delta::default(), Some(reason));
+    /// The finish chunk of choice `index`, with its usage when every chunk carries usage.
+    fn finish_chunk(&mut self, index: u32, reason: FinishReason, usage: Option<Usage>) -> Bytes {
+        if let Some(done) = self.finished.get_mut(index as usize) {
+            *done = true;
+        }
+        let mut chunk = self.meta.chunk(index, Delta::default(), Some(reason));
         if self.meta.continuous_usage {
             chunk.usage = usage;
         }
-        let mut frames = vec![self.framer.json(None, &chunk)];
+        self.framer.json(None, &chunk)
+    }
+
+    /// The usage chunk (when asked for) and `[DONE]`.
+    fn tail(&mut self, usage: Option<Usage>) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(2);
         if let Some(usage) = usage.filter(|_| self.meta.include_usage) {
             let chunk = self.meta.usage_chunk(usage);
             frames.push(self.framer.json(None, &chunk));
@@ -101,37 +127,49 @@ impl ChunkEncoder {
 }
 
 impl Encoder for ChunkEncoder {
-    /// The assistant role and empty content.
+    /// The assistant role and empty content, for each choice.
     fn open(&mut self) -> Vec<Bytes> {
-        let delta = Delta {
-            role: Some(Role::Assistant),
-            content: Some(String::new()),
-            tool_calls: None,
-        };
-        let chunk = self.meta.chunk(delta, None);
-        vec![self.framer.json(None, &chunk)]
+        (0..self.meta.choices.max(1))
+            .map(|index| {
+                let delta = Delta {
+                    role: Some(Role::Assistant),
+                    content: Some(String::new()),
+                    tool_calls: None,
+                };
+                let chunk = self.meta.chunk(index, delta, None);
+                self.framer.json(None, &chunk)
+            })
+            .collect()
     }
 
     /// Byte for byte what serializing the chunk gives, without building it.
     fn delta(&mut self, text: &str) -> Bytes {
         self.framer
-            .text_event(None, &self.delta_prefix, text, DELTA_SUFFIX)
+            .text_event(None, &self.delta_prefixes[0], text, DELTA_SUFFIX)
+    }
+
+    fn text_delta(&mut self, delta: &TextDelta) -> Vec<Bytes> {
+        self.choice_delta(0, delta)
     }
 
     /// A delta chunk with `logprobs.content` or the usage so far, when asked for: serialized,
     /// as those are rare; otherwise the rendered frame of [`Encoder::delta`]. Then one chunk
     /// per tool-call piece, a call's first with a new call id.
-    fn text_delta(&mut self, delta: &TextDelta) -> Vec<Bytes> {
+    fn choice_delta(&mut self, index: u32, delta: &TextDelta) -> Vec<Bytes> {
         let usage = self.meta.continuous_usage.then_some(delta.usage);
         let mut frames = Vec::with_capacity(1 + delta.tool_calls.len());
         if delta.logprobs.is_empty() && usage.is_none() && !delta.text.is_empty() {
-            frames.push(self.delta(&delta.text));
+            let prefix = &self.delta_prefixes[index as usize];
+            frames.push(
+                self.framer
+                    .text_event(None, prefix, &delta.text, DELTA_SUFFIX),
+            );
         } else if !delta.text.is_empty() {
             let content = Delta {
                 content: Some(delta.text.clone()),
                 ..Delta::default()
             };
-            let mut chunk = self.meta.chunk(content, None);
+            let mut chunk = self.meta.chunk(index, content, None);
             if !delta.logprobs.is_empty() {
                 chunk.choices[0].logprobs = Some(ChoiceLogprobs {
                     content: delta.logprobs.clone(),
@@ -145,19 +183,41 @@ impl Encoder for ChunkEncoder {
                 tool_calls: Some(vec![tool_call_chunk(piece)]),
                 ..Delta::default()
             };
-            let mut chunk = self.meta.chunk(call, None);
+            let mut chunk = self.meta.chunk(index, call, None);
             chunk.usage = usage;
             frames.push(self.framer.json(None, &chunk));
         }
         frames
     }
 
-    fn finish(&mut self, finish: &Finish) -> Vec<Bytes> {
-        self.end(finish.reason.clone(), Some(finish.usage))
+    fn choice_finished(&mut self, index: u32, finish: &Finish) -> Vec<Bytes> {
+        vec![self.finish_chunk(index, finish.reason.clone(), Some(finish.usage))]
     }
 
+    /// With one choice, its finish chunk; then the usage chunk and `[DONE]`. With several,
+    /// each choice's finish chunk has already gone.
+    fn finish(&mut self, finish: &Finish) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(3);
+        if self.meta.choices <= 1 {
+            frames.push(self.finish_chunk(0, finish.reason.clone(), Some(finish.usage)));
+        }
+        frames.extend(self.tail(Some(finish.usage)));
+        frames
+    }
+
+    /// A `cancelled` finish chunk for every choice still open, then `[DONE]`.
     fn cancelled(&mut self) -> Vec<Bytes> {
-        self.end(FinishReason::Cancelled, None)
+        let open: Vec<u32> = (0..)
+            .zip(&self.finished)
+            .filter(|(_, done)| !**done)
+            .map(|(index, _)| index)
+            .collect();
+        let mut frames: Vec<Bytes> = open
+            .into_iter()
+            .map(|index| self.finish_chunk(index, FinishReason::Cancelled, None))
+            .collect();
+        frames.extend(self.tail(None));
+        frames
     }
 
     fn error(&mut self, error: &Error) -> Vec<Bytes> {
@@ -190,6 +250,7 @@ mod tests {
             model: "m".to_owned(),
             include_usage: false,
             continuous_usage: false,
+            choices: 1,
         }
     }
 
@@ -203,6 +264,7 @@ mod tests {
                 model: "Model \u{e9}\n".to_owned(),
                 include_usage: false,
                 continuous_usage: false,
+                choices: 1,
             };
             let mut fast = ChunkEncoder::new(meta.clone(), resumable);
             let mut slow = Framer::new(&meta.id, resumable);
@@ -219,7 +281,7 @@ mod tests {
                     content: Some(text.to_owned()),
                     tool_calls: None,
                 };
-                let expected = slow.json(None, &meta.chunk(delta, None));
+                let expected = slow.json(None, &meta.chunk(0, delta, None));
                 assert_eq!(fast.delta(text), expected, "{text:?}");
             }
         }
@@ -314,6 +376,52 @@ mod tests {
              \"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\
              \"function\":{\"arguments\":\"{\\\"city\\\": \"}}]},\"logprobs\":null,\
              \"finish_reason\":null}]}\n\n"
+        );
+    }
+
+    /// With several choices, a choice's finish chunk goes under its index, and a cut stream
+    /// ends each choice still open with `cancelled`.
+    #[test]
+    fn several_choices_finish_and_cancel_under_their_indexes() {
+        let mut encoder = ChunkEncoder::new(
+            ChunkMeta {
+                choices: 3,
+                ..plain_meta()
+            },
+            false,
+        );
+        let reasons = |frames: Vec<Bytes>| -> Vec<String> {
+            frames
+                .iter()
+                .map(|frame| {
+                    let text = std::str::from_utf8(frame).expect("UTF-8");
+                    let data = text.strip_prefix("data: ").expect("data").trim_end();
+                    match serde_json::from_str::<ChatCompletionChunk>(data) {
+                        Ok(chunk) => {
+                            let choice = &chunk.choices[0];
+                            let reason = choice.finish_reason.as_ref().map_or("-", |r| r.as_str());
+                            format!("{} {reason}", choice.index)
+                        }
+                        Err(_) => data.to_owned(),
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(reasons(encoder.open()), ["0 -", "1 -", "2 -"]);
+        assert_eq!(
+            reasons(encoder.choice_delta(2, &TextDelta::from("x".to_owned()))),
+            ["2 -"]
+        );
+        let finish = Finish {
+            reason: FinishReason::Length,
+            stop_sequence: None,
+            usage: Usage::new(3, 1),
+            timings: llm_engine::Timings::default(),
+        };
+        assert_eq!(reasons(encoder.choice_finished(1, &finish)), ["1 length"]);
+        assert_eq!(
+            reasons(encoder.cancelled()),
+            ["0 cancelled", "2 cancelled", "[DONE]"]
         );
     }
 }

@@ -25,6 +25,20 @@ pub(crate) trait Encoder: Send + 'static {
         vec![self.delta(&delta.text)]
     }
 
+    /// The frames of a delta of choice `index`, when the request asked for several (`n`).
+    /// Dialects with one choice per request send it as [`text_delta`](Self::text_delta).
+    fn choice_delta(&mut self, index: u32, delta: &TextDelta) -> Vec<Bytes> {
+        debug_assert_eq!(index, 0, "this dialect has one choice per request");
+        self.text_delta(delta)
+    }
+
+    /// The frames that end choice `index` of several; [`finish`](Self::finish) follows when
+    /// every choice has ended.
+    fn choice_finished(&mut self, index: u32, finish: &Finish) -> Vec<Bytes> {
+        let _ = (index, finish);
+        Vec::new()
+    }
+
     /// The frames that end a finished generation, the stream's end marker included.
     fn finish(&mut self, finish: &Finish) -> Vec<Bytes>;
 

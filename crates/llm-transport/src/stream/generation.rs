@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::SelectAll;
 use futures_util::StreamExt;
 use llm_engine::{Completion, EngineEvent, Finish};
 
@@ -13,9 +14,14 @@ use crate::http::{log_millis, RequestInfo};
 use crate::metrics::{Metrics, RequestObserver};
 
 /// The engine's events for one request, recorded in the metrics as they pass, and the
-/// request's log line, written when the generation is dropped.
+/// request's log line, written when the generation is dropped. A request for `n` choices is
+/// `n` engine streams, their events merged as they come, each with its choice's index.
 pub(crate) struct Generation {
-    stream: EventStream,
+    streams: SelectAll<Choice>,
+    /// How many choices; the generation is finished when all of them are.
+    choices: u32,
+    /// The finishes of the choices that ended.
+    finished: Vec<Finish>,
     observer: RequestObserver,
     metrics: Arc<Metrics>,
     request_id: String,
@@ -32,10 +38,29 @@ enum Outcome {
     Cancelled(&'static str),
 }
 
+/// One choice's engine events, each with the choice's index.
+type Choice = futures_util::stream::Map<
+    EventStream,
+    Box<dyn FnMut(EngineEvent) -> (u32, EngineEvent) + Send>,
+>;
+
 impl Generation {
-    pub(crate) fn new(stream: EventStream, metrics: Arc<Metrics>, request: &RequestInfo) -> Self {
+    /// The generation of one engine stream per choice, in index order.
+    pub(crate) fn new(
+        streams: Vec<EventStream>,
+        metrics: Arc<Metrics>,
+        request: &RequestInfo,
+    ) -> Self {
+        let choices = u32::try_from(streams.len()).unwrap_or(u32::MAX);
+        let tagged = streams.into_iter().zip(0..).map(|(stream, index)| {
+            let tag: Box<dyn FnMut(EngineEvent) -> (u32, EngineEvent) + Send> =
+                Box::new(move |event| (index, event));
+            stream.map(tag)
+        });
         Self {
-            stream,
+            streams: futures_util::stream::select_all(tagged),
+            choices,
+            finished: Vec::new(),
             observer: RequestObserver::new(request.received),
             metrics,
             request_id: request.id.clone(),
@@ -46,26 +71,52 @@ impl Generation {
 
     /// The next engine event, recorded in the metrics. `None` after the last one. Cancel safe.
     pub(crate) async fn next_event(&mut self) -> Option<EngineEvent> {
+        self.next_choice_event().await.map(|(_, event)| event)
+    }
+
+    /// The next engine event of any choice, with the choice's index. `None` after the last
+    /// choice finished or one failed. Cancel safe.
+    pub(crate) async fn next_choice_event(&mut self) -> Option<(u32, EngineEvent)> {
         if !matches!(self.outcome, Outcome::Open) {
             return None;
         }
-        let event = self.stream.next().await.unwrap_or_else(|| {
-            EngineEvent::Error(llm_engine::Error::Generation {
+        let (index, event) = self.streams.next().await.unwrap_or_else(|| {
+            let error = llm_engine::Error::Generation {
                 source: "the engine stream ended without a final event".into(),
-            })
+            };
+            (0, EngineEvent::Error(error))
         });
         match &event {
             EngineEvent::Delta(_) => self.observer.delta(&self.metrics),
             EngineEvent::Finished(finish) => {
-                self.observer.finished(&self.metrics, finish);
-                self.outcome = Outcome::Finished(finish.clone());
+                self.finished.push(finish.clone());
+                if let Some(total) = self.total() {
+                    self.observer.finished(&self.metrics, &total);
+                    self.outcome = Outcome::Finished(total);
+                }
             }
             EngineEvent::Error(error) => {
                 self.observer.failed(&self.metrics);
                 self.outcome = Outcome::Failed(error.to_string());
             }
         }
-        Some(event)
+        Some((index, event))
+    }
+
+    /// Once every choice finished: how the whole generation did, the prompt counted once
+    /// and the generated tokens of every choice.
+    fn total(&self) -> Option<Finish> {
+        if self.finished.len() < self.choices as usize {
+            return None;
+        }
+        let mut total = self.finished.last()?.clone();
+        let generated = self
+            .finished
+            .iter()
+            .map(|finish| finish.usage.completion_tokens)
+            .fold(0u32, u32::saturating_add);
+        total.usage = llm_protocol::Usage::new(total.usage.prompt_tokens, generated);
+        Some(total)
     }
 
     /// The frames of the next event in `encoder`'s dialect, and whether they end the stream.
@@ -74,10 +125,21 @@ impl Generation {
         &mut self,
         encoder: &mut dyn Encoder,
     ) -> Option<(Vec<Bytes>, bool)> {
-        Some(match self.next_event().await? {
-            EngineEvent::Delta(delta) => (encoder.text_delta(&delta), false),
-            EngineEvent::Finished(finish) => (encoder.finish(&finish), true),
-            EngineEvent::Error(error) => {
+        let several = self.choices > 1;
+        Some(match self.next_choice_event().await? {
+            (index, EngineEvent::Delta(delta)) => (encoder.choice_delta(index, &delta), false),
+            (index, EngineEvent::Finished(finish)) if several => {
+                let mut frames = encoder.choice_finished(index, &finish);
+                match &self.outcome {
+                    Outcome::Finished(total) => {
+                        frames.extend(encoder.finish(total));
+                        (frames, true)
+                    }
+                    _ => (frames, false),
+                }
+            }
+            (_, EngineEvent::Finished(finish)) => (encoder.finish(&finish), true),
+            (_, EngineEvent::Error(error)) => {
                 let error = Error::Engine(error);
                 tracing::warn!(request_id = %self.request_id, error = %error, detail = ?error,
                     "stream ended with an error");
@@ -86,15 +148,22 @@ impl Generation {
         })
     }
 
-    /// Reads the whole answer for a non-streaming client.
+    /// Reads the whole answer of every choice for a non-streaming client, in index order.
     ///
     /// # Errors
-    /// The error the generation ended with.
-    pub(crate) async fn collect(&mut self) -> Result<Completion, llm_engine::Error> {
-        let mut answer = llm_engine::Collecting::default();
-        while let Some(event) = self.next_event().await {
-            if let Some(done) = answer.add(event) {
-                return done;
+    /// The error a choice's generation ended with.
+    pub(crate) async fn collect(&mut self) -> Result<Vec<Completion>, llm_engine::Error> {
+        let mut answers: Vec<llm_engine::Collecting> = (0..self.choices)
+            .map(|_| llm_engine::Collecting::default())
+            .collect();
+        let mut done: Vec<Option<Completion>> = (0..self.choices).map(|_| None).collect();
+        while let Some((index, event)) = self.next_choice_event().await {
+            let index = index as usize;
+            if let Some(answer) = answers[index].add(event) {
+                done[index] = Some(answer?);
+                if done.iter().all(Option::is_some) {
+                    return Ok(done.into_iter().flatten().collect());
+                }
             }
         }
         Err(llm_engine::Error::Generation {

@@ -6,6 +6,16 @@ use llm_transport::TransportConfig;
 
 use super::*;
 
+/// The JSON of every `data:` event of a stream but `[DONE]`.
+fn json_chunks(stream: &RawResponse) -> Vec<serde_json::Value> {
+    frames(stream)
+        .iter()
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .filter(|data| data.trim() != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("JSON"))
+        .collect()
+}
+
 const ASK: &str = r#""temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"What is the capital of France?"}]"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +170,7 @@ async fn errors_have_the_right_status_and_openai_shape() {
         (
             post(
                 path,
-                r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
+                r#"{"messages":[{"role":"user","content":"x"}],"n":9}"#,
             ),
             400,
             "invalid_request_error",
@@ -637,12 +647,7 @@ async fn continuous_usage_counts_tokens_on_every_chunk() {
     );
     let stream = exchange(test.address, &post("/v1/chat/completions", &body)).await;
     assert_eq!(stream.status, 200);
-    let chunks: Vec<serde_json::Value> = frames(&stream)
-        .iter()
-        .filter_map(|frame| frame.strip_prefix("data: "))
-        .filter(|data| data.trim() != "[DONE]")
-        .map(|data| serde_json::from_str(data).expect("JSON"))
-        .collect();
+    let chunks: Vec<serde_json::Value> = json_chunks(&stream);
     let (last, body) = chunks.split_last().expect("chunks");
     let mut previous = 0;
     for chunk in &body[1..] {
@@ -711,12 +716,7 @@ async fn forced_tool_calls_stream_arguments_that_hold_to_the_schema() {
         )
         .await;
         assert_eq!(stream.status, 200);
-        let chunks: Vec<serde_json::Value> = frames(&stream)
-            .iter()
-            .filter_map(|frame| frame.strip_prefix("data: "))
-            .filter(|data| data.trim() != "[DONE]")
-            .map(|data| serde_json::from_str(data).expect("JSON"))
-            .collect();
+        let chunks: Vec<serde_json::Value> = json_chunks(&stream);
         let pieces: Vec<&serde_json::Value> = chunks
             .iter()
             .filter_map(|chunk| chunk["choices"][0]["delta"]["tool_calls"].as_array())
@@ -829,4 +829,89 @@ async fn forced_tool_calls_stream_arguments_that_hold_to_the_schema() {
     )
     .await;
     assert_eq!(answer.status, 200);
+}
+
+/// `n` choices: each streams under its own index with its own role and finish chunk, the
+/// usage chunk counts them all, and choice `i` of a seeded request is the answer of the same
+/// request alone with the seed moved by `i`. The whole answer lists the same choices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_choices_stream_under_their_indexes() {
+    use super::dialects::json_body;
+    let test = start(Engine::builder(), TransportConfig::default()).await;
+    let ask = r#""temperature":1,"max_tokens":16,"messages":[{"role":"user","content":"Write a story about a dragon."}]"#;
+    let stream = exchange(
+        test.address,
+        &post(
+            "/v1/chat/completions",
+            &format!(
+                r#"{{"stream":true,"stream_options":{{"include_usage":true}},"n":3,"seed":5,{ask}}}"#
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    let chunks: Vec<serde_json::Value> = json_chunks(&stream);
+    let mut texts = vec![String::new(); 3];
+    let mut roles = [0; 3];
+    let mut finishes = [0; 3];
+    for chunk in &chunks[..chunks.len() - 1] {
+        let choice = &chunk["choices"][0];
+        let index = choice["index"].as_u64().expect("an index") as usize;
+        assert_eq!(
+            finishes[index], 0,
+            "nothing after a choice's finish: {chunk}"
+        );
+        if choice["delta"]["role"] == "assistant" {
+            roles[index] += 1;
+        }
+        texts[index].push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+        if !choice["finish_reason"].is_null() {
+            finishes[index] += 1;
+        }
+    }
+    assert_eq!(roles, [1, 1, 1]);
+    assert_eq!(finishes, [1, 1, 1]);
+    let usage = &chunks[chunks.len() - 1]["usage"];
+    assert_eq!(
+        usage["completion_tokens"], 48,
+        "three choices of 16: {usage}"
+    );
+
+    for (index, text) in texts.iter().enumerate() {
+        let alone = json_body(
+            &exchange(
+                test.address,
+                &post(
+                    "/v1/chat/completions",
+                    &format!(r#"{{"seed":{},{ask}}}"#, 5 + index),
+                ),
+            )
+            .await,
+        );
+        assert_eq!(
+            alone["choices"][0]["message"]["content"],
+            text.as_str(),
+            "choice {index} is seed {} alone",
+            5 + index
+        );
+    }
+    assert_ne!(texts[0], texts[1], "each choice samples with its own seed");
+
+    let whole = json_body(
+        &exchange(
+            test.address,
+            &post(
+                "/v1/chat/completions",
+                &format!(r#"{{"n":3,"seed":5,{ask}}}"#),
+            ),
+        )
+        .await,
+    );
+    let choices = whole["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3);
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        assert_eq!(choice["message"]["content"], texts[index].as_str());
+    }
+    assert_eq!(whole["usage"], *usage);
 }

@@ -448,3 +448,68 @@ async fn a_reader_that_stops_reading_does_not_hold_back_other_streams() {
     drop(stalled);
     test.wait_idle().await;
 }
+
+/// `n` choices on the wire: a role chunk per index first, each choice's deltas and one finish
+/// chunk under its index, then the usage of all of them and `[DONE]`. More than
+/// `max_choices` is a 400 naming `n`, and a choice the engine refuses refuses the request
+/// and cancels the choices already started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_choices_are_chunks_under_their_indexes() {
+    let mut config = TransportConfig::default();
+    config.max_choices = 2;
+    let test = scripted(words(), config).await;
+    let ask = |n: u32| {
+        format!(
+            r#"{{"stream":true,"stream_options":{{"include_usage":true}},"n":{n},
+                "messages":[{{"role":"user","content":"x"}}]}}"#
+        )
+    };
+    let response = exchange(test.address, &post("/v1/chat/completions", &ask(2))).await;
+    assert_eq!(response.status, 200);
+    let chunks: Vec<serde_json::Value> = frames(&response)
+        .iter()
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data.trim()).unwrap_or(serde_json::Value::Null))
+        .collect();
+    let shape: Vec<String> = chunks
+        .iter()
+        .map(|chunk| {
+            let Some(choice) = chunk["choices"].get(0) else {
+                return match &chunk["usage"] {
+                    serde_json::Value::Null => "done".to_owned(),
+                    usage => format!("usage {}", usage["completion_tokens"]),
+                };
+            };
+            let index = &choice["index"];
+            match (&choice["delta"]["role"], &choice["finish_reason"]) {
+                (serde_json::Value::String(_), _) => format!("{index} role"),
+                (_, serde_json::Value::String(reason)) => format!("{index} {reason}"),
+                _ => format!("{index} text"),
+            }
+        })
+        .collect();
+    assert_eq!(&shape[..2], ["0 role", "1 role"], "{shape:?}");
+    assert_eq!(&shape[shape.len() - 2..], ["usage 10", "done"], "{shape:?}");
+    for index in 0..2 {
+        let mine: Vec<&String> = shape
+            .iter()
+            .filter(|line| line.starts_with(&format!("{index} ")))
+            .collect();
+        assert_eq!(mine.len(), 1 + 5 + 1, "{index}: {shape:?}");
+        assert_eq!(mine[6], &format!("{index} stop"), "{shape:?}");
+    }
+
+    let refused = exchange(test.address, &post("/v1/chat/completions", &ask(3))).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(error_of(&refused).error.param.as_deref(), Some("n"));
+
+    let busy = serve_scripted(
+        ScriptedEngine::new(words()).capacity(1),
+        TransportConfig::default(),
+        Duration::from_secs(1),
+    )
+    .await;
+    let overloaded = exchange(busy.address, &post("/v1/chat/completions", &ask(2))).await;
+    assert_eq!(overloaded.status, 429, "the second choice finds no room");
+    busy.wait_idle().await;
+}
