@@ -464,7 +464,8 @@ impl ChatCompletionRequest {
         if let Some(format) = &self.response_format {
             format.validate()?;
         }
-        tools::check(self.tools.as_deref(), self.tool_choice.as_ref())?;
+        tools::check(self.tools.as_deref(), self.tool_choice.as_ref())
+            .map_err(|(param, message)| Error::invalid_param(param, message))?;
         let forced = matches!(
             self.tool_choice,
             Some(ToolChoice::Required | ToolChoice::Function(_))

@@ -11,8 +11,6 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-
 /// The most tools a request may offer, as in OpenAI's API.
 pub const MAX_TOOLS: usize = 128;
 
@@ -218,12 +216,19 @@ impl ToolUse {
     }
 }
 
+/// What is wrong with a request's tools: the field, and a message naming it.
+pub(crate) type Invalid = (String, String);
+
+fn invalid(param: impl Into<String>, message: impl Into<String>) -> Invalid {
+    (param.into(), message.into())
+}
+
 /// Checks `tools` and `tool_choice` together: names, schemas, the limit, and a choice that
 /// names a function the request offers.
-pub(crate) fn check(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Result<()> {
+pub(crate) fn check(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Result<(), Invalid> {
     let tools = tools.unwrap_or_default();
     if tools.len() > MAX_TOOLS {
-        return Err(Error::invalid_param(
+        return Err(invalid(
             "tools",
             format!("`tools` may hold at most {MAX_TOOLS} tools"),
         ));
@@ -237,7 +242,7 @@ pub(crate) fn check(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Resu
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
         let field = format!("tools[{index}].function");
         if !name_ok {
-            return Err(Error::invalid_param(
+            return Err(invalid(
                 format!("{field}.name"),
                 format!(
                     "`{field}.name` must be 1 to {MAX_FUNCTION_NAME} letters, digits, `_` or `-`"
@@ -248,14 +253,14 @@ pub(crate) fn check(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Resu
             .iter()
             .any(|earlier| earlier.function.name == *name)
         {
-            return Err(Error::invalid_param(
+            return Err(invalid(
                 format!("{field}.name"),
                 format!("`{field}.name`: another tool is already named `{name}`"),
             ));
         }
         if let Some(parameters) = &tool.function.parameters {
             if !parameters.is_object() {
-                return Err(Error::invalid_param(
+                return Err(invalid(
                     format!("{field}.parameters"),
                     format!("`{field}.parameters` must be a JSON schema object"),
                 ));
@@ -263,14 +268,14 @@ pub(crate) fn check(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Resu
         }
     }
     match choice {
-        Some(ToolChoice::Required) if tools.is_empty() => Err(Error::invalid_param(
+        Some(ToolChoice::Required) if tools.is_empty() => Err(invalid(
             "tool_choice",
             "`tool_choice` `required` needs at least one tool in `tools`",
         )),
         Some(ToolChoice::Function(name))
             if !tools.iter().any(|tool| tool.function.name == *name) =>
         {
-            Err(Error::invalid_param(
+            Err(invalid(
                 "tool_choice",
                 format!("`tool_choice` names `{name}`, which is not among `tools`"),
             ))
@@ -373,8 +378,9 @@ mod tests {
         ];
         for (tools, choice, field) in cases {
             match check(Some(&tools), choice.as_ref()) {
-                Err(Error::InvalidRequest { param, .. }) => {
-                    assert_eq!(param.as_deref(), Some(field));
+                Err((param, message)) => {
+                    assert_eq!(param, field, "{message}");
+                    assert!(message.contains(&format!("`{field}")), "{message}");
                 }
                 other => panic!("expected {field} to be refused, got {other:?}"),
             }
