@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use llm_engine::Engine;
-use llm_transport::{Server, TransportConfig};
+use llm_transport::{RateLimits, Server, TransportConfig};
 use tokio::net::TcpListener;
 
 use crate::cli::Args;
@@ -41,6 +41,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     config.max_connections = args.max_connections as usize;
     config.request_timeout = Duration::from_secs_f64(args.request_timeout_secs);
     config.max_choices = args.max_choices;
+    config.rate_limits = RateLimits {
+        requests_per_minute: args.rate_limit_rpm,
+        tokens_per_minute: args.rate_limit_tpm,
+        concurrency: args.rate_limit_concurrency,
+    };
     config.api_keys = args.api_keys.clone();
     config.cors_origins = args.cors_origins.clone();
     config.resume.grace = Duration::from_secs_f64(args.resume_grace_secs);

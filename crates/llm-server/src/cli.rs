@@ -98,6 +98,19 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_MAX_CHOICES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub(crate) max_choices: u32,
 
+    /// Requests per minute each client (API key, or address when keys are off) may start.
+    #[arg(long, env = "LLM_STREAM_RATE_LIMIT_RPM", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_rpm: Option<u32>,
+
+    /// Tokens per minute each client may use: prompt plus `max_tokens` at admission, settled to
+    /// what was used when the request ends.
+    #[arg(long, env = "LLM_STREAM_RATE_LIMIT_TPM", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_tpm: Option<u32>,
+
+    /// Requests each client may have running at once.
+    #[arg(long, env = "LLM_STREAM_RATE_LIMIT_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_concurrency: Option<u32>,
+
     /// An API key clients must send (`Authorization: Bearer KEY`, or `?api_key=KEY` from
     /// browsers). Repeat the flag for several keys; the variable takes a comma-separated list.
     /// Without any key the API is open.

@@ -7,7 +7,7 @@
 
 use http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::{Error, Result};
 
@@ -24,10 +24,11 @@ impl ApiKeys {
         }
     }
 
-    /// Checks the request's credentials when keys are configured.
-    pub(crate) fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<()> {
+    /// Checks the request's credentials when keys are configured: which key it presented
+    /// (its position among the configured keys), or `None` when no keys are configured.
+    pub(crate) fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<usize>> {
         if self.digests.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let presented = bearer(headers)
             .or_else(|| x_api_key(headers))
@@ -40,11 +41,14 @@ impl ApiKeys {
         };
         let presented = digest(&presented);
         let mut matched = Choice::from(0);
-        for key in &self.digests {
-            matched |= key.ct_eq(&presented);
+        let mut which = 0u64;
+        for (index, key) in (0u64..).zip(&self.digests) {
+            let hit = key.ct_eq(&presented);
+            which.conditional_assign(&index, hit);
+            matched |= hit;
         }
         if bool::from(matched) {
-            Ok(())
+            Ok(Some(usize::try_from(which).unwrap_or_default()))
         } else {
             Err(Error::Unauthorized("the API key is not valid"))
         }
@@ -103,7 +107,14 @@ mod tests {
         assert!(!ok(Some("alpha"), None));
         assert!(!ok(None, Some("key=alpha")));
         assert!(!ok(None, None));
-        assert!(ApiKeys::new(&[]).check(&headers(None), None).is_ok());
+        assert_eq!(
+            ApiKeys::new(&[]).check(&headers(None), None).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            keys.check(&headers(Some("Bearer beta key")), None).ok(),
+            Some(Some(1))
+        );
     }
 
     #[test]

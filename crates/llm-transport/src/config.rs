@@ -38,8 +38,31 @@ pub struct TransportConfig {
     pub cors_origins: Vec<String>,
     /// Replay buffers of resumable streams.
     pub resume: ResumeConfig,
+    /// Per-client rate limits of the generating routes; none by default.
+    pub rate_limits: RateLimits,
     /// The page served at `/`; `None` answers 404 there.
     pub index_html: Option<Bytes>,
+}
+
+/// Limits every client gets; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Requests per minute.
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute: a request's prompt and `max_tokens` at admission, settled to what it
+    /// used when it ends.
+    pub tokens_per_minute: Option<u32>,
+    /// Requests running at once.
+    pub concurrency: Option<u32>,
+}
+
+impl RateLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.tokens_per_minute.is_some()
+            || self.concurrency.is_some()
+    }
 }
 
 /// How resumable streams are kept.
@@ -71,6 +94,7 @@ impl Default for TransportConfig {
             api_keys: Vec::new(),
             cors_origins: Vec::new(),
             resume: ResumeConfig::default(),
+            rate_limits: RateLimits::default(),
             index_html: None,
         }
     }

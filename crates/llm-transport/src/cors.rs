@@ -11,7 +11,9 @@ const ALLOW_HEADERS: &str = "authorization, content-type, last-event-id, x-reque
                              anthropic-dangerous-direct-browser-access";
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 /// Response headers scripts may read.
-const EXPOSE_HEADERS: &str = "x-request-id, retry-after, x-ignored-fields";
+const EXPOSE_HEADERS: &str = "x-request-id, retry-after, x-ignored-fields, \
+    x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, \
+    x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens";
 
 /// The configured origins.
 #[derive(Debug, Clone, Default)]

@@ -92,6 +92,20 @@ pub enum Error {
     /// A non-streaming request ran past the request timeout; its generation was cancelled.
     #[error("the request did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    /// The client is past one of its rate limits; nothing was started.
+    #[error(
+        "rate limit reached: {value} {limit}{} for this client; retry in {:.1} s",
+        if *limit == "concurrent requests" { "" } else { " per minute" },
+        retry_after.as_secs_f64()
+    )]
+    RateLimited {
+        /// `requests`, `tokens` or `concurrent requests`.
+        limit: &'static str,
+        /// The limit.
+        value: u32,
+        /// When the request would fit.
+        retry_after: std::time::Duration,
+    },
     /// The server has as many connections as it accepts.
     #[error("the server has reached its limit of {limit} connections; retry shortly")]
     TooManyConnections {
@@ -255,6 +269,16 @@ impl Error {
                 Some("shutting_down"),
             ),
             Self::Timeout(_) => class(StatusCode::GATEWAY_TIMEOUT, "server_error", Some("timeout")),
+            // OpenAI's type names the limit: `requests` or `tokens`.
+            Self::RateLimited { limit, .. } => class(
+                StatusCode::TOO_MANY_REQUESTS,
+                if *limit == "tokens" {
+                    "tokens"
+                } else {
+                    "requests"
+                },
+                Some("rate_limit_exceeded"),
+            ),
             Self::TooManyConnections { .. } => class(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -335,7 +359,11 @@ impl Error {
         if let Self::MethodNotAllowed { allow, .. } = &self {
             headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
         }
-        if matches!(
+        if let Self::RateLimited { retry_after, .. } = &self {
+            // Whole seconds, rounded up: retrying at once would be refused again.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        } else if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {

@@ -20,7 +20,14 @@ pub(crate) struct RequestInfo {
     /// The route's label in metrics and logs.
     pub(crate) endpoint: &'static str,
     pub(crate) received: Instant,
+    /// Who asks, for rate limits: `key-N` (the N-th configured API key), or the client's
+    /// address when keys are off.
+    pub(crate) client: String,
 }
+
+/// The address of a connection's client, in each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) std::net::SocketAddr);
 
 /// Marks a response whose log line is written by its generation (with its tokens), not by
 /// the router.

@@ -7,7 +7,8 @@
 //! - `GET /ws/chat`: chat over a WebSocket, several turns per socket, with cancellation;
 //! - `GET /v1/models`, `GET /health` (503 while the model loads), `GET /metrics` (Prometheus),
 //!   and an optional page at `/`;
-//! - API keys (`Authorization: Bearer`, or `?api_key=` for browsers), CORS with preflight.
+//! - API keys (`Authorization: Bearer`, or `?api_key=` for browsers), CORS with preflight, and
+//!   per-client rate limits with OpenAI's `x-ratelimit-*` headers.
 //!
 //! Every chunk is flushed as its own frame with `TCP_NODELAY`; a silent stream gets keep-alive
 //! comments; a client that disconnects cancels its generation at once (a resumable one after
@@ -44,6 +45,7 @@ mod error;
 mod metrics;
 #[cfg(feature = "test-util")]
 pub mod probe;
+mod ratelimit;
 mod replay;
 #[cfg(feature = "test-util")]
 mod scripted;
@@ -58,7 +60,7 @@ mod server;
 mod stream;
 
 pub use backend::{Backend, EventStream};
-pub use config::{ResumeConfig, TransportConfig};
+pub use config::{RateLimits, ResumeConfig, TransportConfig};
 pub use error::{Error, Result};
 #[cfg(feature = "test-util")]
 pub use scripted::{Script, ScriptedEngine};

@@ -22,6 +22,15 @@ struct RequestLabels {
     status: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    /// The API key's name; `address` for clients without a key (addresses would make the
+    /// label unbounded).
+    client: String,
+    /// `requests`, `tokens` or `concurrent requests`.
+    limit: &'static str,
+}
+
 /// Every metric of one server.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -35,6 +44,7 @@ pub(crate) struct Metrics {
     prompt_tokens: Counter,
     generation_tokens: Counter,
     requests: Family<RequestLabels, Counter>,
+    rate_limited: Family<RateLimitLabels, Counter>,
     cancelled: Counter,
     engine_restarts: Counter,
     open_connections: Gauge<i64, AtomicI64>,
@@ -69,6 +79,7 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             requests: Family::default(),
+            rate_limited: Family::default(),
             cancelled: Counter::default(),
             engine_restarts: Counter::default(),
             open_connections: Gauge::default(),
@@ -125,6 +136,11 @@ impl Metrics {
             metrics.requests.clone(),
         );
         r.register(
+            "llm_rate_limited",
+            "Requests refused by a rate limit, by client (key name) and limit",
+            metrics.rate_limited.clone(),
+        );
+        r.register(
             "llm_requests_cancelled",
             "Generations cancelled before their end (client gone, too slow, or stopped)",
             metrics.cancelled.clone(),
@@ -146,6 +162,19 @@ impl Metrics {
     pub(crate) fn request(&self, endpoint: &'static str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    /// Counts a request refused by a rate limit: `client` is a key's name (`key-N`) or an
+    /// address, which is counted as `address`.
+    pub(crate) fn rate_limited(&self, client: &str, limit: &'static str) {
+        let client = if client.starts_with("key-") {
+            client.to_owned()
+        } else {
+            "address".to_owned()
+        };
+        self.rate_limited
+            .get_or_create(&RateLimitLabels { client, limit })
             .inc();
     }
 

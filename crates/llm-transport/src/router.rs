@@ -11,7 +11,8 @@ use crate::body::ResponseBody;
 use crate::cors::Cors;
 use crate::error::{Dialect, Error, Result};
 use crate::handlers;
-use crate::http::{log_millis, request_id, RequestInfo, Streamed};
+use crate::http::{log_millis, request_id, Peer, RequestInfo, Streamed};
+use crate::ratelimit::reset_text;
 use crate::state::State;
 
 /// The generating routes whose streams can be resumed: each has its path and the prefix of
@@ -182,17 +183,19 @@ pub(crate) async fn handle(
     let received = Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let route = Route::find(&path);
-    let info = RequestInfo {
+    let peer = request.extensions().get::<Peer>().map(|peer| peer.0.ip());
+    let mut info = RequestInfo {
         id: request_id(request.headers()),
         endpoint: Route::endpoint(route.as_ref()),
         received,
+        client: peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
     };
     let origin = state.cors().allowed_origin(request.headers());
     let mut response = if Cors::is_preflight(&method, request.headers()) {
         state.cors().preflight(request.headers())
     } else {
         let dialect = Route::dialect(route.as_ref());
-        dispatch(&state, route, request, &info)
+        dispatch(&state, route, request, &mut info)
             .await
             .unwrap_or_else(|error| {
                 tracing::debug!(request_id = %info.id, error = %error, "request refused");
@@ -203,6 +206,9 @@ pub(crate) async fn handle(
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&info.id) {
         headers.insert("x-request-id", value);
+    }
+    if path.starts_with("/v1/") {
+        rate_headers(&state, &info.client, headers);
     }
     state.cors().decorate(origin, headers);
     state.metrics().request(info.endpoint, status);
@@ -219,11 +225,34 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
+/// OpenAI's `x-ratelimit-*` headers: the client's limits, what is left of them, and when they
+/// are whole again; none when no limit is set.
+fn rate_headers(state: &State, client: &str, headers: &mut http::HeaderMap) {
+    let status = state.limiter().status(client);
+    for (kind, quota) in [("requests", status.requests), ("tokens", status.tokens)] {
+        let Some(quota) = quota else {
+            continue;
+        };
+        for (name, value) in [
+            ("limit", quota.limit.to_string()),
+            ("remaining", quota.remaining.to_string()),
+            ("reset", reset_text(quota.reset)),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(format!("x-ratelimit-{name}-{kind}")),
+                HeaderValue::try_from(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
 async fn dispatch(
     state: &Arc<State>,
     route: Option<Route>,
     request: Request<Incoming>,
-    info: &RequestInfo,
+    info: &mut RequestInfo,
 ) -> Result<Response<ResponseBody>> {
     let path = request.uri().path();
     let Some(route) = route else {
@@ -241,10 +270,14 @@ async fn dispatch(
         });
     }
     if route.needs_key() {
-        state
+        let key = state
             .keys()
             .check(request.headers(), request.uri().query())?;
+        if let Some(index) = key {
+            info.client = format!("key-{}", index + 1);
+        }
     }
+    let info = &*info;
     match route {
         Route::Index => handlers::index(state),
         Route::Health => handlers::health(state),

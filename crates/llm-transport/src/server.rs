@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::backend::Backend;
 use crate::config::TransportConfig;
 use crate::connection::{refuse, ConnectionSlot};
+use crate::http::Peer;
 use crate::router;
 use crate::state::State;
 
@@ -106,6 +107,7 @@ impl Server {
             let service_slot = slot.clone();
             let service = service_fn(move |mut request: hyper::Request<_>| {
                 request.extensions_mut().insert(service_slot.clone());
+                request.extensions_mut().insert(Peer(peer));
                 router::handle(Arc::clone(&state), request)
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -9,6 +9,7 @@ use crate::config::TransportConfig;
 use crate::cors::Cors;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::ratelimit::Limiter;
 use crate::replay::ReplayStore;
 use crate::shutdown::Shutdown;
 
@@ -20,6 +21,7 @@ pub(crate) struct State {
     cors: Cors,
     replay: Arc<ReplayStore>,
     metrics: Arc<Metrics>,
+    limiter: Arc<Limiter>,
     shutdown: Shutdown,
 }
 
@@ -30,6 +32,7 @@ impl State {
             cors: Cors::new(&config.cors_origins),
             replay: Arc::new(ReplayStore::new(config.resume.clone())),
             metrics: Arc::new(Metrics::new()),
+            limiter: Arc::new(Limiter::new(config.rate_limits)),
             config,
             backend: OnceLock::new(),
             shutdown: Shutdown::default(),
@@ -72,6 +75,11 @@ impl State {
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The per-client rate limits.
+    pub(crate) fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
     }
 
     pub(crate) fn shutdown(&self) -> &Shutdown {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use llm_engine::{Completion, ModelInfo};
-use llm_protocol::GenerateRequest;
+use llm_protocol::{GenerateRequest, Prompt};
 use tokio::sync::mpsc;
 
 use crate::body::ResponseBody;
@@ -27,6 +27,22 @@ pub(crate) fn start_generation(
 ) -> Result<(Generation, String)> {
     let backend = state.backend()?;
     let model = check_model(&request.model, backend.model())?;
+    let limiter = state.limiter();
+    let admission = if limiter.enabled() {
+        let tokens = estimated_tokens(request, backend.model().context_length);
+        let admission = limiter.admit(&info.client, tokens).map_err(|refusal| {
+            tracing::debug!(client = %info.client, limit = refusal.limit, "rate limited");
+            state.metrics().rate_limited(&info.client, refusal.limit);
+            Error::RateLimited {
+                limit: refusal.limit,
+                value: refusal.value,
+                retry_after: refusal.retry_after,
+            }
+        })?;
+        Some(admission)
+    } else {
+        None
+    };
     let streams = match request.n {
         Some(n) if n > 1 => {
             let limit = state.config().max_choices;
@@ -44,8 +60,24 @@ pub(crate) fn start_generation(
         }
         _ => vec![backend.submit(request)?],
     };
-    let generation = Generation::new(streams, Arc::clone(state.metrics()), info);
+    let generation =
+        Generation::new(streams, Arc::clone(state.metrics()), info).admitted(admission);
     Ok((generation, model))
+}
+
+/// The tokens a request is charged at admission: its prompt's, estimated as one for every
+/// four bytes of text, and `max_tokens` (the rest of the context when absent), for each
+/// choice. The charge is settled to the real count when the generation ends.
+fn estimated_tokens(request: &GenerateRequest, context: usize) -> u64 {
+    let bytes: usize = match &request.prompt {
+        Prompt::Chat(messages) => messages.iter().map(|message| message.text().len()).sum(),
+        Prompt::Text(text) => text.len(),
+    };
+    let prompt = bytes.div_ceil(4).max(1) as u64;
+    let generated = request
+        .max_tokens
+        .map_or((context as u64).saturating_sub(prompt), u64::from);
+    (prompt + generated).saturating_mul(u64::from(request.n.unwrap_or(1).max(1)))
 }
 
 /// Choice `index` of a request for several: one choice, with the seed (when there is one)

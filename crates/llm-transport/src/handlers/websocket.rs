@@ -240,6 +240,7 @@ impl Session {
                     id: format!("{}.{}", self.info.id, self.turns),
                     endpoint: self.info.endpoint,
                     received: std::time::Instant::now(),
+                    client: self.info.client.clone(),
                 };
                 match start_generation(&self.state, &GenerateRequest::from(&*request), &info) {
                     Ok((generation, _)) => {

@@ -12,6 +12,7 @@ use crate::backend::EventStream;
 use crate::error::Error;
 use crate::http::{log_millis, RequestInfo};
 use crate::metrics::{Metrics, RequestObserver};
+use crate::ratelimit::Admission;
 
 /// The engine's events for one request, recorded in the metrics as they pass, and the
 /// request's log line, written when the generation is dropped. A request for `n` choices is
@@ -22,6 +23,8 @@ pub(crate) struct Generation {
     choices: u32,
     /// The finishes of the choices that ended.
     finished: Vec<Finish>,
+    /// The request's place under its client's rate limits, settled when it ends.
+    admission: Option<Admission>,
     observer: RequestObserver,
     metrics: Arc<Metrics>,
     request_id: String,
@@ -61,12 +64,19 @@ impl Generation {
             streams: futures_util::stream::select_all(tagged),
             choices,
             finished: Vec::new(),
+            admission: None,
             observer: RequestObserver::new(request.received),
             metrics,
             request_id: request.id.clone(),
             endpoint: request.endpoint,
             outcome: Outcome::Open,
         }
+    }
+
+    /// Holds `admission` until the generation ends, then settles it to the tokens used.
+    pub(crate) fn admitted(mut self, admission: Option<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// The next engine event, recorded in the metrics. `None` after the last one. Cancel safe.
@@ -192,6 +202,9 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
+        if let (Some(admission), Outcome::Finished(finish)) = (&mut self.admission, &self.outcome) {
+            admission.used(u64::from(finish.usage.total_tokens));
+        }
         let ttft_ms = self.observer.time_to_first_token.map(log_millis);
         let millis = log_millis(self.observer.elapsed());
         let (outcome, prompt_tokens, completion_tokens) = match &self.outcome {

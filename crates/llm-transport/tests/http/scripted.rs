@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use llm_transport::{Backend, Script, TransportConfig};
+use llm_transport::{Backend, RateLimits, Script, TransportConfig};
 
 use super::*;
 
@@ -166,7 +166,11 @@ async fn cors_preflight_and_headers_for_allowed_origins_only() {
     );
     assert_eq!(
         actual.header("access-control-expose-headers"),
-        Some("x-request-id, retry-after, x-ignored-fields")
+        Some(
+            "x-request-id, retry-after, x-ignored-fields, x-ratelimit-limit-requests, \
+             x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, \
+             x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
+        )
     );
     // Errors carry the CORS headers too, so that scripts can read them.
     let unauthorized = exchange(
@@ -512,4 +516,154 @@ async fn several_choices_are_chunks_under_their_indexes() {
     let overloaded = exchange(busy.address, &post("/v1/chat/completions", &ask(2))).await;
     assert_eq!(overloaded.status, 429, "the second choice finds no room");
     busy.wait_idle().await;
+}
+
+/// Per-client limits: every `/v1/*` answer carries OpenAI's `x-ratelimit-*` headers, the
+/// request past the limit gets 429 `rate_limit_exceeded` with `Retry-After` before any work,
+/// on every generating route (a WebSocket turn included), and each API key has its own
+/// bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_rate_limit_gets_429_with_openais_headers() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::websocket::{connect, receive};
+    let mut config = TransportConfig::default();
+    config.api_keys = vec!["alpha".to_owned(), "beta".to_owned()];
+    config.rate_limits = RateLimits {
+        requests_per_minute: Some(3),
+        tokens_per_minute: Some(10_000),
+        concurrency: None,
+    };
+    let test = scripted(words(), config).await;
+    let with_key = |key: &str, path: &str, body: &str| {
+        request(
+            "POST",
+            path,
+            &[
+                &format!("Authorization: Bearer {key}"),
+                "Content-Type: application/json",
+            ],
+            body,
+        )
+    };
+    let chat = r#"{"max_tokens":10,"messages":[{"role":"user","content":"12345678"}]}"#;
+    let mut remaining = Vec::new();
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let body = if path == "/v1/completions" {
+            r#"{"prompt":"12345678","max_tokens":10}"#
+        } else {
+            chat
+        };
+        let answer = exchange(test.address, &with_key("alpha", path, body)).await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.header("x-ratelimit-limit-requests"), Some("3"));
+        assert_eq!(answer.header("x-ratelimit-limit-tokens"), Some("10000"));
+        assert!(answer.header("x-ratelimit-reset-requests").is_some());
+        remaining.push(
+            answer
+                .header("x-ratelimit-remaining-requests")
+                .map(str::to_owned),
+        );
+    }
+    assert_eq!(remaining, [Some("2".to_owned()), Some("1".to_owned())]);
+    // Tokens are charged (2 for the prompt, 10 for max_tokens) and settled to what was used.
+    let models = exchange(
+        test.address,
+        &request("GET", "/v1/models", &["Authorization: Bearer alpha"], ""),
+    )
+    .await;
+    let tokens: u32 = models
+        .header("x-ratelimit-remaining-tokens")
+        .and_then(|value| value.parse().ok())
+        .expect("remaining tokens");
+    assert!((10_000 - 2 * 12..10_000).contains(&tokens), "{tokens}");
+
+    // The third request, over the WebSocket: a turn is a request.
+    let mut socket = connect(test.address, "?api_key=alpha").await;
+    socket.send(Message::text(chat)).await.expect("sent");
+    loop {
+        let message = receive(&mut socket).await;
+        if message["type"] == "done" {
+            break;
+        }
+        assert_eq!(message["type"], "token", "{message}");
+    }
+    socket.send(Message::text(chat)).await.expect("sent");
+    let refused = receive(&mut socket).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["error"]["code"], "rate_limit_exceeded");
+
+    let refused = exchange(
+        test.address,
+        &with_key("alpha", "/v1/chat/completions", chat),
+    )
+    .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(
+        error_of(&refused).error.code.as_deref(),
+        Some("rate_limit_exceeded")
+    );
+    assert_eq!(error_of(&refused).error.kind, "requests");
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|value| value.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert_eq!(refused.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(
+        test.engine.stats().started,
+        3,
+        "the refused request started nothing"
+    );
+
+    let metrics = exchange(test.address, &get("/metrics")).await;
+    let text = String::from_utf8(metrics.body()).expect("UTF-8");
+    assert!(
+        text.contains(r#"llm_rate_limited_total{client="key-1",limit="requests"} 2"#),
+        "{text}"
+    );
+
+    // Another key has its own limits.
+    let other = exchange(
+        test.address,
+        &with_key("beta", "/v1/chat/completions", chat),
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("x-ratelimit-remaining-requests"), Some("2"));
+}
+
+/// A client's concurrent requests: the one past the limit is refused while the others run,
+/// and the slot comes back when a stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_past_the_limit_are_refused_until_one_ends() {
+    let mut config = TransportConfig::default();
+    config.rate_limits = RateLimits {
+        concurrency: Some(1),
+        ..RateLimits::default()
+    };
+    let script = Script::words("a b c d e f g h").interval(Duration::from_millis(50));
+    let test = scripted(script, config).await;
+    let body = r#"{"stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let mut running = send(test.address, &post("/v1/chat/completions", body)).await;
+    assert_eq!(read_head(&mut running).await.0, 200);
+    let refused = exchange(test.address, &post("/v1/chat/completions", body)).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    while read_chunk(&mut running).await.is_some() {}
+    test.wait_idle().await;
+    let mut admitted = None;
+    for _ in 0..100 {
+        let answer = exchange(test.address, &post("/v1/chat/completions", body)).await;
+        if answer.status == 200 {
+            admitted = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        admitted.is_some(),
+        "the slot came back when the stream ended"
+    );
 }
