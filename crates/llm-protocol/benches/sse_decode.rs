@@ -205,12 +205,13 @@ fn write_report(report: &str) {
     const BEGIN: &str = "<!-- sse-decode:begin -->";
     const END: &str = "<!-- sse-decode:end -->";
     // `cargo bench` sets CARGO_MANIFEST_DIR for the process: it wins over the compile-time
-    // value, which names the checkout that built the binary.
+    // value, which names the checkout that built the binary. A runtime value is used only if
+    // it is this crate's (a process started by another cargo command inherits that one's),
+    // as in the other benchmarks.
     let path = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-            std::path::PathBuf::from,
-        )
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.ends_with("crates/llm-protocol"))
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("../../docs/benchmarks.md");
     let current = std::fs::read_to_string(&path).unwrap_or_default();
     let section = format!("{BEGIN}\n{report}{END}");
