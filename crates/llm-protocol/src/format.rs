@@ -55,13 +55,7 @@ impl JsonSchemaFormat {
     /// Checks the name and that the schema is an object; `field` is where the format sits
     /// (`response_format.json_schema`, `text.format`).
     fn check(&self, field: &str) -> Result<()> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= MAX_SCHEMA_NAME
-            && self
-                .name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
-        if !name_ok {
+        if !crate::tools::is_name(&self.name, MAX_SCHEMA_NAME) {
             return Err(Error::invalid_param(
                 format!("{field}.name"),
                 format!(

@@ -216,6 +216,15 @@ impl ToolUse {
     }
 }
 
+/// OpenAI's rule for function and schema names: 1 to `max` letters, digits, `_` or `-`.
+pub(crate) fn is_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+}
+
 /// What is wrong with a request's tools: the field, and a message naming it.
 pub(crate) type Invalid = (String, String);
 
@@ -235,13 +244,8 @@ pub(crate) fn check(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Resu
     }
     for (index, tool) in tools.iter().enumerate() {
         let name = &tool.function.name;
-        let name_ok = !name.is_empty()
-            && name.len() <= MAX_FUNCTION_NAME
-            && name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
         let field = format!("tools[{index}].function");
-        if !name_ok {
+        if !is_name(name, MAX_FUNCTION_NAME) {
             return Err(invalid(
                 format!("{field}.name"),
                 format!(
