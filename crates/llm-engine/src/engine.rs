@@ -586,17 +586,10 @@ impl Job {
             });
         }
         let prompt = mistral_prompt(&request.prompt, request.tools.as_ref());
-        let format = match (&request.tools, &request.format) {
-            (Some(tools), None) if tools.forced() => Some(tools::call_format(tools)),
-            (Some(tools), Some(_)) if tools.forced() => {
-                return Err(Error::InvalidRequest {
-                    param: Some("tool_choice".to_owned()),
-                    message: "a forced tool call and an output format cannot both shape the \
-                              answer"
-                        .to_owned(),
-                })
-            }
-            (_, format) => format.clone(),
+        // `validate` refused a forced call together with a format.
+        let format = match &request.tools {
+            Some(tools) if tools.forced() => Some(tools::call_format(tools)),
+            _ => request.format.clone(),
         };
         let sampling = SamplingParams {
             // OpenAI's default temperature is 1; 0 means greedy, which mistral.rs maps to argmax.

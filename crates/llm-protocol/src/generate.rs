@@ -91,6 +91,12 @@ impl GenerateRequest {
             return Err(Error::invalid_param("top_k", "`top_k` must be at least 1"));
         }
         check_choices(self.n)?;
+        if self.format.is_some() && self.tools.as_ref().is_some_and(ToolUse::forced) {
+            return Err(Error::invalid_param(
+                "tool_choice",
+                "a forced tool call and an output format cannot both shape the answer",
+            ));
+        }
         if self
             .logprobs
             .is_some_and(|top| u32::from(top) > crate::MAX_TOP_LOGPROBS)
