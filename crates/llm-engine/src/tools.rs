@@ -685,33 +685,22 @@ impl JsonScan {
     }
 
     /// Reads `input` as (the rest of) one object: the position after it, once it closes.
+    /// Anything but an object sets `failed`.
     fn object(&mut self, input: &str) -> Option<usize> {
-        for (at, ch) in input.char_indices() {
-            if !self.started {
-                if ch.is_whitespace() {
-                    continue;
-                }
-                if ch != '{' {
+        if !self.started {
+            match input.trim_start().chars().next() {
+                None => return None,
+                Some('{') => {}
+                Some(_) => {
                     self.failed = true;
                     return None;
                 }
-                self.started = true;
-            }
-            if self.string_char(ch) {
-                continue;
-            }
-            match ch {
-                '{' | '[' => self.depth += 1,
-                '}' | ']' => {
-                    self.depth = self.depth.saturating_sub(1);
-                    if self.depth == 0 {
-                        return Some(at + 1);
-                    }
-                }
-                _ => {}
             }
         }
-        None
+        match self.value(input) {
+            (end, true) => Some(end),
+            (_, false) => None,
+        }
     }
 
     /// Follows strings: whether `ch` was part of one (its quotes included).
