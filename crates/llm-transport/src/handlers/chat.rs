@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use llm_engine::Completion;
 use llm_protocol::tools::{ToolCall, ToolType};
 use llm_protocol::{
-    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, Role, Usage,
+    AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, Role,
 };
 
 use super::generate::{
@@ -17,7 +17,7 @@ use crate::body::ResponseBody;
 use crate::error::Result;
 use crate::http::{read_body, response_id, unix_now, RequestInfo};
 use crate::state::State;
-use crate::stream::{ChunkEncoder, ChunkMeta};
+use crate::stream::{usage_of, ChunkEncoder, ChunkMeta};
 
 pub(crate) async fn chat_completions(
     state: &State,
@@ -106,13 +106,7 @@ async fn complete(
 ) -> Result<Response<ResponseBody>> {
     let (mut generation, model) = start_generation(state, &request.into(), info)?;
     let completions = collect_choices(state, &mut generation).await?;
-    let prompt_tokens = completions
-        .first()
-        .map_or(0, |completion| completion.finish.usage.prompt_tokens);
-    let generated = completions
-        .iter()
-        .map(|completion| completion.finish.usage.completion_tokens)
-        .fold(0u32, u32::saturating_add);
+    let usage = usage_of(completions.iter().map(|completion| &completion.finish));
     let choices = completions
         .into_iter()
         .zip(0..)
@@ -124,7 +118,7 @@ async fn complete(
         created: unix_now(),
         model,
         choices,
-        usage: Some(Usage::new(prompt_tokens, generated)),
+        usage: Some(usage),
     }))
 }
 

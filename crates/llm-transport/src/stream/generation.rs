@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures_util::stream::SelectAll;
 use futures_util::StreamExt;
 use llm_engine::{Completion, EngineEvent, Finish};
+use llm_protocol::Usage;
 
 use super::encoder::Encoder;
 use crate::backend::EventStream;
@@ -120,12 +121,7 @@ impl Generation {
             return None;
         }
         let mut total = self.finished.last()?.clone();
-        let generated = self
-            .finished
-            .iter()
-            .map(|finish| finish.usage.completion_tokens)
-            .fold(0u32, u32::saturating_add);
-        total.usage = llm_protocol::Usage::new(total.usage.prompt_tokens, generated);
+        total.usage = usage_of(&self.finished);
         Some(total)
     }
 
@@ -198,6 +194,19 @@ impl Generation {
     fn deltas(&self) -> u32 {
         u32::try_from(self.observer.deltas).unwrap_or(u32::MAX)
     }
+}
+
+/// The usage of a request's choices together: the prompt counted once, and the tokens every
+/// choice generated.
+pub(crate) fn usage_of<'a>(finishes: impl IntoIterator<Item = &'a Finish>) -> Usage {
+    let mut finishes = finishes.into_iter().peekable();
+    let prompt = finishes
+        .peek()
+        .map_or(0, |finish| finish.usage.prompt_tokens);
+    let generated = finishes
+        .map(|finish| finish.usage.completion_tokens)
+        .fold(0u32, u32::saturating_add);
+    Usage::new(prompt, generated)
 }
 
 impl Drop for Generation {

@@ -21,7 +21,7 @@ pub(crate) use anthropic::{message, stop_reason, MessagesEncoder};
 pub(crate) use chat::{ChunkEncoder, ChunkMeta};
 pub(crate) use completion::{CompletionEncoder, CompletionMeta};
 pub(crate) use encoder::Encoder;
-pub(crate) use generation::Generation;
+pub(crate) use generation::{usage_of, Generation};
 pub(crate) use keep_alive::KeepAlive;
 pub(crate) use pump::{follow, produce, pump};
 pub(crate) use responses::{finished_response, response_object, ResponsesEncoder};
