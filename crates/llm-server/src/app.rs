@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use llm_engine::Engine;
-use llm_transport::{RateLimits, Server, TransportConfig};
+use llm_transport::{OnFailure, RateLimits, Server, SharedState, TransportConfig};
 use tokio::net::TcpListener;
 
-use crate::cli::Args;
+use crate::cli::{Args, StateFailure};
 
 /// The chat page served at `/`, without its SSE parser.
 const CHAT_PAGE: &str = include_str!("chat.html");
@@ -47,12 +47,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         concurrency: args.rate_limit_concurrency,
     };
     config.api_keys = args.api_keys.clone();
+    config.api_keys_file = args.api_keys_file.clone();
+    if let Some(url) = &args.state_url {
+        let mut shared = SharedState::new(url.clone());
+        shared.on_failure = match args.state_failure {
+            StateFailure::Open => OnFailure::Open,
+            StateFailure::Closed => OnFailure::Closed,
+        };
+        shared.timeout = Duration::from_millis(u64::from(args.state_timeout_ms));
+        shared.key_prefix.clone_from(&args.state_prefix);
+        shared.replay_max_events = args.state_replay_max_events as usize;
+        config.shared_state = Some(shared);
+    }
     config.cors_origins = args.cors_origins.clone();
     config.resume.grace = Duration::from_secs_f64(args.resume_grace_secs);
     config.resume.ttl = Duration::from_secs_f64(args.replay_ttl_secs);
     config.resume.budget = args.replay_budget_mb as usize * (1 << 20);
     config.index_html = Some(Bytes::from(chat_page()));
-    let server = Server::new(config);
+    let server = Server::try_new(config).context("the server could not start")?;
+    reload_keys_on_hangup(&server);
 
     let mut builder = Engine::builder()
         .model(args.model.clone().unwrap_or_default())
@@ -69,10 +82,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.cache_dir(dir);
     }
     tracing::info!(
-        auth = if args.api_keys.is_empty() {
+        auth = if args.api_keys.is_empty() && args.api_keys_file.is_none() {
             "off"
         } else {
             "api keys"
+        },
+        shared_state = if args.state_url.is_some() {
+            "redis"
+        } else {
+            "local"
         },
         "listening on http://{address} (loading the model; /health answers 503 until it is ready)"
     );
@@ -95,6 +113,35 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     server.set_engine(engine);
     serving.await.context("the server stopped")
+}
+
+/// Reads the API keys file again on each SIGHUP: streams running go on; a file that does not
+/// read leaves the keys in force, and says why in the log.
+fn reload_keys_on_hangup(server: &Server) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "SIGHUP cannot be caught: the keys file will not be reloaded");
+                return;
+            }
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match server.reload_keys() {
+                    Ok(keys) => tracing::info!(keys, "API keys reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "API keys not reloaded; the previous keys stay in force");
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = server;
 }
 
 #[cfg(test)]

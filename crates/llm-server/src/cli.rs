@@ -117,6 +117,37 @@ pub(crate) struct Args {
     #[arg(long = "api-key", env = "LLM_STREAM_API_KEYS", value_delimiter = ',', hide_env_values = true, value_parser = non_empty)]
     pub(crate) api_keys: Vec<String>,
 
+    /// A TOML file of named API keys with their own limits and allowed models (see
+    /// docs/deployment.md), besides any --api-key. Read again on SIGHUP; a file that does not
+    /// read then leaves the keys in force and is logged.
+    #[arg(long, env = "LLM_STREAM_API_KEYS_FILE")]
+    pub(crate) api_keys_file: Option<PathBuf>,
+
+    /// State shared by replicas: `redis://[user:password@]host[:port][/db]`. Rate limits are
+    /// then enforced by all replicas together, and a resumable stream can be resumed on any
+    /// replica. Without it, each process keeps its own.
+    #[arg(long, env = "LLM_STREAM_STATE_URL", hide_env_values = true)]
+    pub(crate) state_url: Option<String>,
+
+    /// What requests get while the --state-url store is unreachable: `open` (each replica
+    /// enforces the limits alone) or `closed` (503 until it is back).
+    #[arg(long, env = "LLM_STREAM_STATE_FAILURE", value_enum, default_value_t = StateFailure::Open)]
+    pub(crate) state_failure: StateFailure,
+
+    /// Milliseconds one round trip to the --state-url store may take before it counts as
+    /// unreachable.
+    #[arg(long, env = "LLM_STREAM_STATE_TIMEOUT_MS", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub(crate) state_timeout_ms: u32,
+
+    /// Prepended to every key written to the --state-url store.
+    #[arg(long, env = "LLM_STREAM_STATE_PREFIX", default_value = "llm-stream:")]
+    pub(crate) state_prefix: String,
+
+    /// The most events the --state-url copy of one resumable stream keeps, for resumes on
+    /// other replicas; older ones are trimmed.
+    #[arg(long, env = "LLM_STREAM_STATE_REPLAY_MAX_EVENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) state_replay_max_events: u32,
+
     /// An origin allowed to call the API from a browser (`*` for any). Repeat the flag for
     /// several; the variable takes a comma-separated list. Without any, CORS is off.
     #[arg(long = "cors-origin", env = "LLM_STREAM_CORS_ORIGINS", value_delimiter = ',', value_parser = non_empty)]
@@ -138,6 +169,15 @@ pub(crate) struct Args {
     /// Log format.
     #[arg(long, env = "LLM_STREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub(crate) log_format: LogFormat,
+}
+
+/// What requests get while the shared state store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StateFailure {
+    /// Each replica enforces the limits alone.
+    Open,
+    /// Generations are refused with 503.
+    Closed,
 }
 
 /// How log lines look.

@@ -1,5 +1,6 @@
 //! The transport's named, configurable limits.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,12 +35,18 @@ pub struct TransportConfig {
     /// API keys; empty means no authentication. `/v1/*`, `/stream` and `/ws/chat` then need
     /// `Authorization: Bearer KEY` or, for browsers, `?api_key=KEY`.
     pub api_keys: Vec<String>,
+    /// A TOML file of named API keys, each with its own limits and allowed models, besides
+    /// `api_keys`; read again on [`Server::reload_keys`](crate::Server::reload_keys).
+    pub api_keys_file: Option<PathBuf>,
     /// Origins allowed to call the API from a browser (`*` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
     /// Replay buffers of resumable streams.
     pub resume: ResumeConfig,
-    /// Per-client rate limits of the generating routes; none by default.
+    /// Per-client rate limits of the generating routes, the default of every key; none by
+    /// default.
     pub rate_limits: RateLimits,
+    /// State shared by replicas; `None` keeps it in this process.
+    pub shared_state: Option<SharedState>,
     /// The page served at `/`; `None` answers 404 there.
     pub index_html: Option<Bytes>,
 }
@@ -63,6 +70,49 @@ impl RateLimits {
             || self.tokens_per_minute.is_some()
             || self.concurrency.is_some()
     }
+}
+
+/// Where replicas keep the state they share, in Redis: rate-limit counters, and copies of
+/// resumable streams that any replica can replay and follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedState {
+    /// `redis://[user:password@]host[:port][/db]`, or `redis+unix:///path/to/socket`.
+    pub url: String,
+    /// What a request gets when the store cannot be reached.
+    pub on_failure: OnFailure,
+    /// The longest one round trip to the store may take before it counts as unreachable.
+    pub timeout: Duration,
+    /// Prepended to every key the server writes, so that several services can share one
+    /// Redis.
+    pub key_prefix: String,
+    /// The most events the copy of one resumable stream keeps (`XADD MAXLEN`); a resume from
+    /// before the oldest kept event elsewhere than on its replica gets 410.
+    pub replay_max_events: usize,
+}
+
+impl SharedState {
+    /// The store at `url`, failing open, with a 250 ms timeout, the prefix `llm-stream:`, and
+    /// copies of at most 100,000 events per stream.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            on_failure: OnFailure::Open,
+            timeout: Duration::from_millis(250),
+            key_prefix: "llm-stream:".to_owned(),
+            replay_max_events: 100_000,
+        }
+    }
+}
+
+/// What happens to a request when the shared store cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Each replica enforces the limits on its own until the store is back.
+    #[default]
+    Open,
+    /// Requests are refused with 503 until the store is back.
+    Closed,
 }
 
 /// How resumable streams are kept.
@@ -92,9 +142,11 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(300),
             max_choices: 8,
             api_keys: Vec::new(),
+            api_keys_file: None,
             cors_origins: Vec::new(),
             resume: ResumeConfig::default(),
             rate_limits: RateLimits::default(),
+            shared_state: None,
             index_html: None,
         }
     }

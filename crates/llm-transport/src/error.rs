@@ -106,6 +106,10 @@ pub enum Error {
         /// When the request would fit.
         retry_after: std::time::Duration,
     },
+    /// The rate limits are shared by replicas, their store cannot be reached, and they fail
+    /// closed: nothing was started.
+    #[error("the rate limits cannot be checked right now (the shared state store is unreachable); retry shortly")]
+    StateUnavailable,
     /// The server has as many connections as it accepts.
     #[error("the server has reached its limit of {limit} connections; retry shortly")]
     TooManyConnections {
@@ -278,6 +282,11 @@ impl Error {
                     "requests"
                 },
                 Some("rate_limit_exceeded"),
+            ),
+            Self::StateUnavailable => class(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("state_unavailable"),
             ),
             Self::TooManyConnections { .. } => class(
                 StatusCode::SERVICE_UNAVAILABLE,

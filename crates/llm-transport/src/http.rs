@@ -1,6 +1,7 @@
 //! Small pieces of HTTP every handler uses: reading a bounded body, JSON and event-stream
 //! responses, request and response ids, and `Last-Event-ID`.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -9,8 +10,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use crate::auth::KeyEntry;
 use crate::body::ResponseBody;
+use crate::config::RateLimits;
 use crate::error::{Error, Result};
+use crate::ratelimit::Status;
 use crate::replay;
 
 /// What the log and metrics need to know about a request.
@@ -20,9 +24,15 @@ pub(crate) struct RequestInfo {
     /// The route's label in metrics and logs.
     pub(crate) endpoint: &'static str,
     pub(crate) received: Instant,
-    /// Who asks, for rate limits: `key-N` (the N-th configured API key), or the client's
-    /// address when keys are off.
+    /// Who asks, for rate limits: the API key's name, or the client's address when keys
+    /// are off.
     pub(crate) client: String,
+    /// The API key it presented, when keys are on.
+    pub(crate) key: Option<Arc<KeyEntry>>,
+    /// Its rate limits: its key's, or the server's defaults.
+    pub(crate) limits: RateLimits,
+    /// Its limits as its admission left them, for the answer's `x-ratelimit-*` headers.
+    pub(crate) rate: OnceLock<Status>,
 }
 
 /// The address of a connection's client, in each request's extensions.

@@ -7,8 +7,10 @@
 //! - `GET /ws/chat`: chat over a WebSocket, several turns per socket, with cancellation;
 //! - `GET /v1/models`, `GET /health` (503 while the model loads), `GET /metrics` (Prometheus),
 //!   and an optional page at `/`;
-//! - API keys (`Authorization: Bearer`, or `?api_key=` for browsers), CORS with preflight, and
-//!   per-client rate limits with OpenAI's `x-ratelimit-*` headers.
+//! - API keys (`Authorization: Bearer`, or `?api_key=` for browsers), named in a keys file
+//!   reloaded on [`Server::reload_keys`], CORS with preflight, and per-key rate limits with
+//!   OpenAI's `x-ratelimit-*` headers, kept in this process or, for replicas, in Redis
+//!   ([`SharedState`]).
 //!
 //! Every chunk is flushed as its own frame with `TCP_NODELAY`; a silent stream gets keep-alive
 //! comments; a client that disconnects cancels its generation at once (a resumable one after
@@ -49,6 +51,7 @@ mod ratelimit;
 mod replay;
 #[cfg(feature = "test-util")]
 mod scripted;
+mod shared;
 // Shared by everything below.
 mod shutdown;
 mod state;
@@ -59,10 +62,12 @@ mod router;
 mod server;
 mod stream;
 
+pub use auth::KeysFileError;
 pub use backend::{Backend, EventStream};
-pub use config::{RateLimits, ResumeConfig, TransportConfig};
+pub use config::{OnFailure, RateLimits, ResumeConfig, SharedState, TransportConfig};
 pub use error::{Error, Result};
 #[cfg(feature = "test-util")]
 pub use scripted::{Script, ScriptedEngine};
 pub use server::Server;
 pub use shutdown::shutdown_signal;
+pub use state::ConfigError;

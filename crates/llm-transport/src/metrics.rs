@@ -165,14 +165,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a request refused by a rate limit: `client` is a key's name (`key-N`) or an
-    /// address, which is counted as `address`.
-    pub(crate) fn rate_limited(&self, client: &str, limit: &'static str) {
-        let client = if client.starts_with("key-") {
-            client.to_owned()
-        } else {
-            "address".to_owned()
-        };
+    /// Counts a request refused by a rate limit: by its key's name, or as `address` when
+    /// keys are off (addresses are too many to be labels).
+    pub(crate) fn rate_limited(&self, key: Option<&str>, limit: &'static str) {
+        let client = key.unwrap_or("address").to_owned();
         self.rate_limited
             .get_or_create(&RateLimitLabels { client, limit })
             .inc();

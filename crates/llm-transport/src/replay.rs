@@ -61,6 +61,11 @@ impl ReplayLog {
         self.state.send_modify(|state| state.finished = true);
     }
 
+    /// The response id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<LogState> {
         self.state.subscribe()
     }

@@ -12,7 +12,7 @@ use crate::cors::Cors;
 use crate::error::{Dialect, Error, Result};
 use crate::handlers;
 use crate::http::{log_millis, request_id, Peer, RequestInfo, Streamed};
-use crate::ratelimit::reset_text;
+use crate::ratelimit::{reset_text, Status};
 use crate::state::State;
 
 /// The generating routes whose streams can be resumed: each has its path and the prefix of
@@ -189,6 +189,9 @@ pub(crate) async fn handle(
         endpoint: Route::endpoint(route.as_ref()),
         received,
         client: peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+        key: None,
+        limits: state.config().rate_limits,
+        rate: std::sync::OnceLock::new(),
     };
     let origin = state.cors().allowed_origin(request.headers());
     let mut response = if Cors::is_preflight(&method, request.headers()) {
@@ -208,7 +211,11 @@ pub(crate) async fn handle(
         headers.insert("x-request-id", value);
     }
     if path.starts_with("/v1/") {
-        rate_headers(&state, &info.client, headers);
+        let status = match info.rate.get() {
+            Some(status) => *status,
+            None => state.limiter().status(&info.client, &info.limits).await,
+        };
+        rate_headers(status, headers);
     }
     state.cors().decorate(origin, headers);
     state.metrics().request(info.endpoint, status);
@@ -227,8 +234,7 @@ pub(crate) async fn handle(
 
 /// OpenAI's `x-ratelimit-*` headers: the client's limits, what is left of them, and when they
 /// are whole again; none when no limit is set.
-fn rate_headers(state: &State, client: &str, headers: &mut http::HeaderMap) {
-    let status = state.limiter().status(client);
+fn rate_headers(status: Status, headers: &mut http::HeaderMap) {
     for (kind, quota) in [("requests", status.requests), ("tokens", status.tokens)] {
         let Some(quota) = quota else {
             continue;
@@ -273,16 +279,18 @@ async fn dispatch(
         let key = state
             .keys()
             .check(request.headers(), request.uri().query())?;
-        if let Some(index) = key {
-            info.client = format!("key-{}", index + 1);
+        if let Some(key) = key {
+            info.client.clone_from(&key.name);
+            info.limits = key.limits;
+            info.key = Some(key);
         }
     }
     let info = &*info;
     match route {
         Route::Index => handlers::index(state),
-        Route::Health => handlers::health(state),
+        Route::Health => handlers::health(state).await,
         Route::Metrics => Ok(handlers::metrics(state)),
-        Route::Models => handlers::models(state),
+        Route::Models => handlers::models(state, info),
         Route::ChatCompletions => handlers::chat_completions(state, request, info).await,
         Route::Completions => handlers::completions(state, request, info).await,
         Route::Responses => handlers::responses(state, request, info).await,
@@ -294,10 +302,10 @@ async fn dispatch(
             if !id.starts_with(family.id_prefix()) {
                 return Err(Error::StreamNotFound(id));
             }
-            handlers::resume_by_path(state, &request, &id)
+            handlers::resume_by_path(state, &request, &id).await
         }
-        Route::RetrieveResponse(id) => handlers::retrieve_response(state, &request, &id),
-        Route::EventSource => handlers::eventsource(state, &request, info),
+        Route::RetrieveResponse(id) => handlers::retrieve_response(state, &request, &id).await,
+        Route::EventSource => handlers::eventsource(state, &request, info).await,
         Route::WebSocket => handlers::websocket(state, request, info),
     }
 }

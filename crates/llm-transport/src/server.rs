@@ -11,12 +11,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::auth::KeysFileError;
 use crate::backend::Backend;
 use crate::config::TransportConfig;
 use crate::connection::{refuse, ConnectionSlot};
 use crate::http::Peer;
 use crate::router;
-use crate::state::State;
+use crate::state::{ConfigError, State};
 
 /// How long streams get to write their last event once the shutdown deadline has passed.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -40,10 +41,35 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// A server with the given limits and no engine yet.
+    ///
+    /// # Panics
+    /// When [`try_new`](Self::try_new) fails: a keys file that does not read, or a shared
+    /// state URL that is not valid. Configurations with either should use `try_new`.
     pub fn new(config: TransportConfig) -> Self {
-        Self {
-            state: Arc::new(State::new(config)),
-        }
+        Self::try_new(config)
+            .unwrap_or_else(|error| panic!("invalid server configuration: {error}"))
+    }
+
+    /// A server with the given limits and no engine yet; its keys file is read now, and its
+    /// shared state store is connected on first use.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the keys file does not read or the shared state URL is not valid.
+    pub fn try_new(config: TransportConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            state: Arc::new(State::new(config)?),
+        })
+    }
+
+    /// Reads the API keys file again and puts it in force: new requests are checked against
+    /// the new keys and limits, while running streams go on under the admission they got.
+    /// A file that does not read leaves the keys in force as they are. Returns how many keys
+    /// there are; without a keys file, nothing changes.
+    ///
+    /// # Errors
+    /// Why the file was not taken.
+    pub fn reload_keys(&self) -> Result<usize, KeysFileError> {
+        self.state.reload_keys()
     }
 
     /// Installs the engine (the real [`llm_engine::Engine`], or any [`Backend`]) once it is

@@ -27,7 +27,7 @@ pub(crate) async fn chat_completions(
     let body = read_body(request, state.config().body_limit).await?;
     let request = ChatCompletionRequest::from_json(&body)?;
     let mut response = if request.stream {
-        chat_stream(state, &request, info, request.resumable, None)?
+        chat_stream(state, &request, info, request.resumable, None).await?
     } else {
         complete(state, &request, info).await?
     };
@@ -72,7 +72,7 @@ fn ignored_fields(names: &[String]) -> Option<http::HeaderValue> {
 
 /// Starts a chat generation and answers with its chunk stream; a resumable one gets a replay
 /// log. `prelude` goes before the first event.
-pub(crate) fn chat_stream(
+pub(crate) async fn chat_stream(
     state: &State,
     request: &ChatCompletionRequest,
     info: &RequestInfo,
@@ -96,6 +96,7 @@ pub(crate) fn chat_stream(
         };
         Box::new(ChunkEncoder::new(meta, resumable))
     })
+    .await
 }
 
 /// The whole answer as one `chat.completion`, within the request timeout.
@@ -104,7 +105,7 @@ async fn complete(
     request: &ChatCompletionRequest,
     info: &RequestInfo,
 ) -> Result<Response<ResponseBody>> {
-    let (mut generation, model) = start_generation(state, &request.into(), info)?;
+    let (mut generation, model) = start_generation(state, &request.into(), info).await?;
     let completions = collect_choices(state, &mut generation).await?;
     let usage = usage_of(completions.iter().map(|completion| &completion.finish));
     let choices = completions

@@ -45,9 +45,10 @@ pub(crate) async fn completions(
         };
         return start_stream(state, &generate, info, options, |model| {
             Box::new(CompletionEncoder::new(meta(model), request.resumable))
-        });
+        })
+        .await;
     }
-    let (mut generation, model) = start_generation(state, &generate, info)?;
+    let (mut generation, model) = start_generation(state, &generate, info).await?;
     let completion = collect(state, &mut generation).await?;
     let meta = meta(model);
     let text = match &meta.echo {

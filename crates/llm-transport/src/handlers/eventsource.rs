@@ -17,7 +17,7 @@ use crate::state::State;
 const RECONNECT_MILLIS: u64 = 1000;
 
 /// A new stream from the query string, or, with `Last-Event-ID`, the rest of one.
-pub(crate) fn eventsource<B>(
+pub(crate) async fn eventsource<B>(
     state: &State,
     request: &Request<B>,
     info: &RequestInfo,
@@ -25,10 +25,10 @@ pub(crate) fn eventsource<B>(
     let prelude = Some(retry_prelude(RECONNECT_MILLIS));
     if let Some(text) = last_event_id(request) {
         let (id, number) = event_position(&text)?;
-        return resume(state, id, Some(number), prelude);
+        return resume(state, id, Some(number), prelude).await;
     }
     let chat = request_from_query(request.uri().query().unwrap_or(""))?;
-    chat_stream(state, &chat, info, true, prelude)
+    chat_stream(state, &chat, info, true, prelude).await
 }
 
 /// Builds the chat request from `q` (one user message) or `messages` (a JSON array), and the

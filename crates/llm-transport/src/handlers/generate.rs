@@ -12,33 +12,51 @@ use tokio::sync::mpsc;
 use crate::body::ResponseBody;
 use crate::error::{Error, Result};
 use crate::http::{event_stream_response, json_response, RequestInfo, Streamed};
+use crate::ratelimit::Refused;
 use crate::state::State;
-use crate::stream::{follow, produce, pump, Encoder, Generation};
+use crate::stream::{follow, produce, pump, Encoder, Generation, Watched};
 
-/// Checks that the request names the served model (or none) and starts its generation.
+/// Checks that the request names the served model (or none) and that its key may use it,
+/// admits it under its client's rate limits, and starts its generation.
 ///
 /// # Errors
-/// [`Error::ModelNotFound`] for another model; the engine's refusal (invalid, unsupported,
-/// overloaded, shutting down).
-pub(crate) fn start_generation(
+/// [`Error::ModelNotFound`] for another model, or one the key may not use;
+/// [`Error::RateLimited`] past a limit; [`Error::StateUnavailable`] when the shared limits
+/// cannot be checked and fail closed; the engine's refusal (invalid, unsupported, overloaded,
+/// shutting down).
+pub(crate) async fn start_generation(
     state: &State,
     request: &GenerateRequest,
     info: &RequestInfo,
 ) -> Result<(Generation, String)> {
     let backend = state.backend()?;
     let model = check_model(&request.model, backend.model())?;
-    let limiter = state.limiter();
-    let admission = if limiter.enabled() {
+    if let Some(key) = info.key.as_ref().filter(|key| !key.may_use(&model)) {
+        tracing::debug!(key = %key.name, model, "model not allowed for the key");
+        return Err(Error::ModelNotFound(model));
+    }
+    let admission = if info.limits.any() {
         let tokens = estimated_tokens(request, backend.model().context_length);
-        let admission = limiter.admit(&info.client, tokens).map_err(|refusal| {
-            tracing::debug!(client = %info.client, limit = refusal.limit, "rate limited");
-            state.metrics().rate_limited(&info.client, refusal.limit);
-            Error::RateLimited {
-                limit: refusal.limit,
-                value: refusal.value,
-                retry_after: refusal.retry_after,
-            }
-        })?;
+        let admission = state
+            .limiter()
+            .admit(&info.client, info.limits, tokens)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Limit(refusal) => {
+                    tracing::debug!(client = %info.client, limit = refusal.limit, "rate limited");
+                    state.metrics().rate_limited(
+                        info.key.as_ref().map(|key| key.name.as_str()),
+                        refusal.limit,
+                    );
+                    Error::RateLimited {
+                        limit: refusal.limit,
+                        value: refusal.value,
+                        retry_after: refusal.retry_after,
+                    }
+                }
+                Refused::Unavailable => Error::StateUnavailable,
+            })?;
+        let _ = info.rate.set(admission.status());
         Some(admission)
     } else {
         None
@@ -97,7 +115,7 @@ fn choice(request: &GenerateRequest, index: u32) -> GenerateRequest {
 /// # Errors
 /// As [`start_generation`]; [`Error::ReplayFull`] for a resumable stream when replay memory
 /// is full, before the engine sees the request.
-pub(crate) fn start_stream(
+pub(crate) async fn start_stream(
     state: &State,
     request: &GenerateRequest,
     info: &RequestInfo,
@@ -108,7 +126,7 @@ pub(crate) fn start_stream(
         // Refuse before the engine sees the request when replay memory is full.
         state.replay().check_room()?;
     }
-    let (generation, model) = start_generation(state, request, info)?;
+    let (generation, model) = start_generation(state, request, info).await?;
     stream_response(
         state,
         generation,
@@ -206,12 +224,24 @@ fn stream_response(
         // The client is attached before the producer starts, so that the grace period only
         // counts time with no client at all.
         let follower = follow(log.attach(), 0, prelude, sender, config.keep_alive_interval);
+        // With a shared store, the log is copied there for resumes on other replicas, whose
+        // followers keep the generation going past its grace.
+        let watched = state.shared().map(|store| {
+            shutdown.spawn(Arc::clone(store).mirror(Arc::clone(&log), config.resume.ttl));
+            let (store, id) = (Arc::clone(store), id.to_owned());
+            let watched: Watched = Arc::new(move || {
+                let (store, id) = (Arc::clone(&store), id.clone());
+                Box::pin(async move { store.watched(&id).await })
+            });
+            watched
+        });
         shutdown.spawn(produce(
             generation,
             encoder,
             Arc::clone(&log),
             Arc::clone(state.replay()),
             config.resume.grace,
+            watched,
             shutdown.deadline(),
         ));
         shutdown.spawn(follower);

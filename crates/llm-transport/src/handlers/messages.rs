@@ -34,9 +34,10 @@ pub(crate) async fn messages(
         };
         return start_stream(state, &generate, info, options, |model| {
             Box::new(MessagesEncoder::new(id.clone(), model, request.resumable))
-        });
+        })
+        .await;
     }
-    let (mut generation, model) = start_generation(state, &generate, info)?;
+    let (mut generation, model) = start_generation(state, &generate, info).await?;
     let completion = collect(state, &mut generation).await?;
     let finish = completion.finish;
     let mut answer = message(&id, &model, vec![ContentBlock::text(completion.text)]);

@@ -33,9 +33,10 @@ pub(crate) async fn responses(
         return start_stream(state, &generate, info, options, |model| {
             let response = response_object(&request, id.clone(), created_at, model);
             Box::new(ResponsesEncoder::new(response, item_id, request.resumable))
-        });
+        })
+        .await;
     }
-    let (mut generation, model) = start_generation(state, &generate, info)?;
+    let (mut generation, model) = start_generation(state, &generate, info).await?;
     let completion = collect(state, &mut generation).await?;
     let response = response_object(&request, id, created_at, model);
     let finish = completion.finish;

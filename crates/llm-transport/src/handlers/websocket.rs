@@ -241,8 +241,12 @@ impl Session {
                     endpoint: self.info.endpoint,
                     received: std::time::Instant::now(),
                     client: self.info.client.clone(),
+                    key: self.info.key.clone(),
+                    limits: self.info.limits,
+                    rate: std::sync::OnceLock::new(),
                 };
-                match start_generation(&self.state, &GenerateRequest::from(&*request), &info) {
+                match start_generation(&self.state, &GenerateRequest::from(&*request), &info).await
+                {
                     Ok((generation, _)) => {
                         self.current = Some(generation);
                         Step::Continue

@@ -23,5 +23,5 @@ pub(crate) use completion::{CompletionEncoder, CompletionMeta};
 pub(crate) use encoder::Encoder;
 pub(crate) use generation::{usage_of, Generation};
 pub(crate) use keep_alive::KeepAlive;
-pub(crate) use pump::{follow, produce, pump};
+pub(crate) use pump::{follow, produce, pump, Watched};
 pub(crate) use responses::{finished_response, response_object, ResponsesEncoder};

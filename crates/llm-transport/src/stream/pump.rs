@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -70,8 +71,12 @@ pub(crate) async fn pump(
     }
 }
 
-/// Runs one resumable generation into its replay log. With no client attached for `grace`,
-/// the generation is cancelled and the log ends with the encoder's cancelled frames. When the
+/// Whether a client follows a stream from another replica (through the shared store).
+pub(crate) type Watched = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Runs one resumable generation into its replay log. With no client attached for `grace`
+/// (here, or through `watched` on another replica), the generation is cancelled and the log
+/// ends with the encoder's cancelled frames. When the
 /// log would take the replay store past its memory budget, the stream ends with an error
 /// event (`replay_budget_exhausted`) and the generation is cancelled.
 pub(crate) async fn produce(
@@ -80,6 +85,7 @@ pub(crate) async fn produce(
     log: Arc<ReplayLog>,
     store: Arc<ReplayStore>,
     grace: Duration,
+    watched: Option<Watched>,
     deadline: CancellationToken,
 ) {
     let mut attached = log.attached();
@@ -112,9 +118,19 @@ pub(crate) async fn produce(
                 }
             }
             () = sleep_until_some(alone_since.map(|since| since + grace)) => {
-                generation.cancel("no client within the resume grace period");
-                log.append(encoder.cancelled());
-                None
+                let elsewhere = match &watched {
+                    Some(watched) => watched().await,
+                    None => false,
+                };
+                if elsewhere {
+                    // A client on another replica follows: another grace period.
+                    alone_since = Some(Instant::now());
+                    Some(Vec::new())
+                } else {
+                    generation.cancel("no client within the resume grace period");
+                    log.append(encoder.cancelled());
+                    None
+                }
             }
             step = generation.next_frames(encoder.as_mut()) => match step {
                 Some((frames, false)) => Some(frames),

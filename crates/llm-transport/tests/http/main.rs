@@ -62,6 +62,7 @@ async fn start(builder: EngineBuilder, config: TransportConfig) -> TestServer {
 struct Scripted {
     address: SocketAddr,
     engine: ScriptedEngine,
+    server: Server,
     shutdown: Option<oneshot::Sender<()>>,
     serving: JoinHandle<std::io::Result<()>>,
 }
@@ -103,8 +104,9 @@ async fn serve_scripted(
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let (shutdown, signal) = oneshot::channel::<()>();
+    let serving = server.clone();
     let serving = tokio::spawn(async move {
-        server
+        serving
             .serve(
                 listener,
                 async {
@@ -117,6 +119,7 @@ async fn serve_scripted(
     Scripted {
         address,
         engine,
+        server,
         shutdown: Some(shutdown),
         serving,
     }

@@ -667,3 +667,98 @@ async fn concurrent_requests_past_the_limit_are_refused_until_one_ends() {
         "the slot came back when the stream ended"
     );
 }
+
+/// A keys file: named keys with their own limits and models; a reload takes effect for new
+/// requests at once while a stream admitted under the old file runs on to its end, and a file
+/// that does not read leaves the keys in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_file_gives_keys_names_limits_and_models_and_reloads_under_a_running_stream() {
+    let dir = std::env::temp_dir().join(format!("llm-stream-keys-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let path = dir.join("keys.toml");
+    let keys = |text: &str| std::fs::write(&path, text).expect("written");
+    keys(
+        r#"
+        [[keys]]
+        name = "alice"
+        key = "alpha"
+        requests_per_minute = 2
+
+        [[keys]]
+        name = "other-model"
+        key = "omega"
+        models = ["another"]
+        "#,
+    );
+    let mut config = TransportConfig::default();
+    config.api_keys_file = Some(path.clone());
+    config.rate_limits = RateLimits {
+        requests_per_minute: Some(100),
+        ..RateLimits::default()
+    };
+    let script = Script::words("a b c d e f g h i j").interval(Duration::from_millis(30));
+    let test = scripted(script, config).await;
+    let chat = |key: &str, stream: bool| {
+        request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                &format!("Authorization: Bearer {key}"),
+                "Content-Type: application/json",
+            ],
+            &format!(r#"{{"stream":{stream},"messages":[{{"role":"user","content":"x"}}]}}"#),
+        )
+    };
+    let models = |key: &str| {
+        request(
+            "GET",
+            "/v1/models",
+            &[&format!("Authorization: Bearer {key}")],
+            "",
+        )
+    };
+
+    // The key's own limit, not the default.
+    let mut running = send(test.address, &chat("alpha", true)).await;
+    let (status, headers) = read_head(&mut running).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("x-ratelimit-limit-requests".to_owned(), "2".to_owned())),
+        "{headers:?}"
+    );
+    // A key limited to another model: 404 model_not_found, and /v1/models lists nothing.
+    let refused = exchange(test.address, &chat("omega", false)).await;
+    assert_eq!(refused.status, 404);
+    assert_eq!(
+        error_of(&refused).error.code.as_deref(),
+        Some("model_not_found")
+    );
+    let listed = exchange(test.address, &models("omega")).await;
+    let listed: serde_json::Value = serde_json::from_slice(&listed.body()).expect("JSON");
+    assert_eq!(listed["data"], serde_json::json!([]));
+
+    // Reload while alice's stream runs: alice is gone, bob is new.
+    keys("[[keys]]\nname = \"bob\"\nkey = \"bravo\"\n");
+    assert_eq!(test.server.reload_keys().expect("a valid file"), 1);
+    assert_eq!(exchange(test.address, &models("alpha")).await.status, 401);
+    let bob = exchange(test.address, &models("bravo")).await;
+    assert_eq!(bob.status, 200);
+    assert_eq!(
+        bob.header("x-ratelimit-limit-requests"),
+        Some("100"),
+        "the default"
+    );
+    let mut text = String::new();
+    while let Some(chunk) = read_chunk(&mut running).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains(r#""finish_reason":"stop""#), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    // A file that does not read: refused, bob still in force.
+    keys("[[keys]]\nname = \"broken\"\n");
+    let error = test.server.reload_keys().expect_err("no key in the entry");
+    assert!(error.to_string().contains("keys[0]"), "{error}");
+    assert_eq!(exchange(test.address, &models("bravo")).await.status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
