@@ -5,10 +5,11 @@ Starts the server binary with an API key and a CORS origin, serves examples/brow
 static HTTP server on another port, and drives the server with real clients: the official
 `openai` package, raw HTTP (resumable streams), Chromium through Playwright (fetch, EventSource
 and the built-in chat page), nginx in front of the server (with deploy/nginx/llm-stream.conf),
-and the `websockets` package. Every request uses temperature 0, so answers are deterministic and
+the `websockets` package, and two replicas sharing their rate limits through a real
+redis-server behind nginx (with the configuration of docs/deployment.md). Every request uses temperature 0, so answers are deterministic and
 each streamed answer is compared with the non-streaming answer to the same request.
 
-    python3 tests/clients/run.py --server-bin PATH [--only openai,dialects,browser,nginx,ws]
+    python3 tests/clients/run.py --server-bin PATH [--only openai,dialects,browser,nginx,ws,replicas]
 
 Prints one PASS/FAIL/SKIP line per test and exits 1 if any test failed.
 """
@@ -42,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_DIR = ROOT / "examples" / "browser"
 NGINX_SNIPPET = ROOT / "deploy" / "nginx" / "llm-stream.conf"
-SUITES = ("openai", "dialects", "browser", "nginx", "ws", "examples")
+SUITES = ("openai", "dialects", "browser", "nginx", "ws", "examples", "replicas")
 
 HOST = "127.0.0.1"
 SHUTDOWN_GRACE_SECS = 5
@@ -1635,11 +1636,15 @@ def find_nginx() -> str | None:
 
 
 class Nginx:
-    def __init__(self, exe: str, ctx: Context) -> None:
+    """nginx with deploy/nginx/llm-stream.conf in front of the test server, or with `snippet`,
+    a configuration whose upstreams are already the test's."""
+
+    def __init__(self, exe: str, ctx: Context, snippet: str | None = None, name: str = "nginx") -> None:
         self.exe = exe
         self.ctx = ctx
         self.port = free_port()
-        self.dir = ctx.workdir / "nginx"
+        self.dir = ctx.workdir / name
+        self.snippet = snippet
         self.process: subprocess.Popen | None = None
 
     def write_config(self) -> Path:
@@ -1648,10 +1653,13 @@ class Nginx:
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.dir / name).mkdir(exist_ok=True)
             os.chmod(self.dir / name, 0o777)
-        snippet = NGINX_SNIPPET.read_text()
-        expect("127.0.0.1:8000" in snippet, "the snippet does not contain 127.0.0.1:8000")
+        if self.snippet is None:
+            snippet = NGINX_SNIPPET.read_text()
+            expect("127.0.0.1:8000" in snippet, "the snippet does not contain 127.0.0.1:8000")
+            snippet = snippet.replace("127.0.0.1:8000", f"{HOST}:{self.ctx.port}")
+        else:
+            snippet = self.snippet
         expect(re.search(r"listen\s+8080\b", snippet) is not None, "the snippet does not contain `listen 8080`")
-        snippet = snippet.replace("127.0.0.1:8000", f"{HOST}:{self.ctx.port}")
         snippet = re.sub(r"(?m)^\s*listen\s+\[::\]:8080\b[^;]*;", "", snippet)  # no IPv6 here
         snippet = re.sub(r"listen\s+8080\b", f"listen {HOST}:{self.port}", snippet)
         (self.dir / "llm-stream.conf").write_text(snippet)
@@ -1833,6 +1841,346 @@ async def two_turns(ctx: Context, url: str, headers: dict[str, str] | None = Non
 def test_nginx_websocket(ctx: Context, proxy: Nginx) -> str:
     query = urllib.parse.urlencode({"api_key": ctx.api_key})
     return asyncio.run(two_turns(ctx, f"ws://{HOST}:{proxy.port}/ws/chat?{query}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Suite: two replicas sharing their rate limits through a real redis-server, behind nginx with
+# the configuration of docs/deployment.md
+
+
+def find_redis() -> str | None:
+    for candidate in (shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/local/bin/redis-server"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+class Redis:
+    """A redis-server of the test's own, on loopback, keeping nothing on disk."""
+
+    def __init__(self, exe: str, ctx: Context) -> None:
+        self.exe = exe
+        self.port = free_port()
+        self.dir = ctx.workdir / "redis"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--daemonize", "no"],
+            stdout=open(self.dir / "redis.log", "a"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            expect(self.process.poll() is None, f"redis-server exited with {self.process.returncode}")
+            if self.ping():
+                return f"redis-server on {self.port}"
+            time.sleep(0.1)
+        raise AssertionError("redis-server did not answer PING within 15 s")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class Replica:
+    """One llm-server of the replica set."""
+
+    def __init__(self, binary: str, ctx: Context, name: str, extra: list[str]) -> None:
+        self.port = free_port()
+        self.name = name
+        self.log_path = ctx.workdir / f"replica-{name}.log"
+        self.args = [binary, "--host", HOST, "--port", str(self.port),
+                     "--shutdown-grace-secs", str(SHUTDOWN_GRACE_SECS), *extra]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def health(self) -> tuple[int, dict]:
+        status, _, data = http_request(HOST, self.port, "GET", "/health", timeout=5)
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, {}
+
+    def wait_healthy(self) -> str:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECS
+        while time.monotonic() < deadline:
+            expect(self.process.poll() is None,
+                   f"replica {self.name} exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                if self.health()[0] == 200:
+                    return f"{self.name} on {self.port}"
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"replica {self.name}: /health not 200: {self.log_tail()}")
+
+    def log_text(self) -> str:
+        try:
+            return re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text(errors="replace"))
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 6) -> str:
+        return shorten(" | ".join(self.log_text().splitlines()[-lines:]), 800)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(SHUTDOWN_GRACE_SECS + 5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def replicas_nginx_config(ports: list[int]) -> str:
+    """The documented configuration for several replicas, pointed at the test's replicas."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    match = re.search(r"### The configuration\s+```nginx\n(.*?)```", text, re.S)
+    expect(match is not None, "docs/deployment.md has no nginx block under `### The configuration`")
+    config = match.group(1)
+    servers = re.findall(r"(?m)^\s*server 10\.0\.0\.1[1-9]:8000[^;]*;\n", config)
+    expect(len(servers) >= 2, "the documented configuration lists no replicas")
+    # Every `server` line of the documented replicas becomes one line per test replica.
+    config = re.sub(r"(?m)^\s*server 10\.0\.0\.1[2-9]:8000[^;]*;\n", "", config)
+    config = re.sub(
+        r"(?m)^(\s*)server 10\.0\.0\.11:8000([^;]*);\n",
+        lambda m: "".join(f"{m.group(1)}server {HOST}:{port}{m.group(2)};\n" for port in ports),
+        config,
+    )
+    return config
+
+
+class ReplicaSet:
+    def __init__(self, binary: str, ctx: Context, redis_exe: str, nginx_exe: str) -> None:
+        self.ctx = ctx
+        self.redis = Redis(redis_exe, ctx)
+        self.keys_path = ctx.workdir / "keys.toml"
+        self.keys = {name: "sk-" + name + "-" + secrets.token_hex(8) for name in ("tenant", "steady", "fresh")}
+        self.write_keys(["tenant", "steady"])
+        self.binary = binary
+        self.replicas: list[Replica] = []
+        self.nginx_exe = nginx_exe
+        self.proxy: Nginx | None = None
+
+    def write_keys(self, names: list[str], extra: str = "") -> None:
+        limits = {"tenant": 3, "steady": 1000, "fresh": 1000}
+        text = "".join(
+            f'[[keys]]\nname = "{name}"\nkey = "{self.keys[name]}"\nrequests_per_minute = {limits[name]}\n\n'
+            for name in names
+        )
+        self.keys_path.write_text(text + extra)
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[name]}"}
+
+    def start(self) -> str:
+        self.redis.start()
+        shared = ["--state-url", f"redis://{HOST}:{self.redis.port}", "--api-keys-file", str(self.keys_path)]
+        # Replica a fails open (the default), b fails closed: both policies meet a dead Redis.
+        self.replicas = [Replica(self.binary, self.ctx, "a", shared),
+                         Replica(self.binary, self.ctx, "b", shared + ["--state-failure", "closed"])]
+        for replica in self.replicas:
+            replica.start()
+        started = [replica.wait_healthy() for replica in self.replicas]
+        self.proxy = Nginx(self.nginx_exe, self.ctx, snippet=replicas_nginx_config([r.port for r in self.replicas]),
+                           name="nginx-replicas")
+        started.append(f"nginx on {self.proxy.start().split()[-1]}")
+        return ", ".join(started)
+
+    def stop(self) -> None:
+        if self.proxy:
+            self.proxy.stop()
+        for replica in self.replicas:
+            replica.stop()
+        self.redis.kill()
+
+
+def replicas_suite(ctx: Context, binary: str) -> None:
+    r = ctx.results
+    redis_exe, nginx_exe = find_redis(), find_nginx()
+    if redis_exe is None or nginx_exe is None:
+        r.record("replicas", "SKIP", "redis-server or nginx is not installed (apt-get install -y redis-server nginx)")
+        return
+    replicas = ReplicaSet(binary, ctx, redis_exe, nginx_exe)
+    try:
+        if not r.run("replicas.start", replicas.start):
+            return
+        r.run("replicas.shared_rate_limit", test_replicas_shared_limit, ctx, replicas)
+        r.run("replicas.resume_through_nginx", test_replicas_resume, ctx, replicas)
+        r.run("replicas.sighup_reload_with_a_stream_running", test_replicas_reload, ctx, replicas)
+        r.run("replicas.redis_killed_and_back", test_replicas_redis_down, ctx, replicas)
+    finally:
+        replicas.stop()
+
+
+def one_token(ctx: Context, port: int, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    body = ctx.body(user("Say hi."), 1)
+    return http_request(HOST, port, "POST", "/v1/chat/completions", body, headers)
+
+
+def test_replicas_shared_limit(ctx: Context, rs: ReplicaSet) -> str:
+    """3 requests a minute for one key, spent on both replicas: the 4th is refused on either."""
+    a, b = rs.replicas
+    remaining = []
+    for replica in (a, b, a):
+        status, headers, data = one_token(ctx, replica.port, rs.auth("tenant"))
+        expect(status == 200, f"replica {replica.name}: HTTP {status}: {shorten(data)}")
+        expect(headers.get("x-ratelimit-limit-requests") == "3", f"limit header {headers.get('x-ratelimit-limit-requests')}")
+        remaining.append(headers.get("x-ratelimit-remaining-requests"))
+    expect(remaining == ["2", "1", "0"], f"x-ratelimit-remaining-requests across replicas: {remaining}")
+    for where, port in (("b", b.port), ("a", a.port), ("nginx", rs.proxy.port)):
+        status, headers, data = one_token(ctx, port, rs.auth("tenant"))
+        expect(status == 429, f"the 4th request on {where}: HTTP {status}: {shorten(data)}")
+        expect(error_code(data)[0] == "rate_limit_exceeded", f"on {where}: {shorten(data)}")
+        retry = int(headers.get("retry-after", "0"))
+        expect(1 <= retry <= 20, f"Retry-After {retry} on {where}")
+        expect(headers.get("x-ratelimit-remaining-requests") == "0", f"remaining on {where}: {headers}")
+    # Another key has its own budget.
+    status, _, data = one_token(ctx, b.port, rs.auth("steady"))
+    expect(status == 200, f"another key: HTTP {status}: {shorten(data)}")
+    metrics = http_request(HOST, b.port, "GET", "/metrics")[2].decode()
+    expect('client="tenant"' in metrics, "no refusal counted for the key `tenant` in /metrics")
+    return f"remaining {remaining}, then 429 on b, a and through nginx"
+
+
+def test_replicas_resume(ctx: Context, rs: ReplicaSet) -> str:
+    """A resumable stream started through nginx and dropped: resumed at once on both replicas
+    (one follows the live generation of the other through Redis), then through nginx; every
+    resume continues the stream with no gap and no duplicate."""
+    headers = rs.auth("steady")
+    body = ctx.body(user(QUESTION), MAX_TOKENS, stream=True, resumable=True)
+    before = raw_stream(rs.proxy.port, "POST", "/v1/chat/completions", headers, body, stop_after_events=5)
+    check_sse_headers(before, "through nginx")
+    events = before.events[:5]
+    response_id = events[0]["id"].rpartition(":")[0]
+    path = f"/v1/chat/completions/{response_id}/stream"
+    resume_headers = {**headers, "Last-Event-ID": events[-1]["id"]}
+    results: dict[str, object] = {}
+
+    def resume_on(replica: Replica) -> None:
+        try:
+            results[replica.name] = raw_stream(replica.port, "GET", path, resume_headers)
+        except Exception as error:  # noqa: BLE001 - reported below
+            results[replica.name] = error
+
+    threads = [threading.Thread(target=resume_on, args=(replica,)) for replica in rs.replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(IO_TIMEOUT)
+    details = []
+    for replica in rs.replicas:
+        after = results.get(replica.name)
+        expect(isinstance(after, RawStream), f"the resume on {replica.name} failed: {after}")
+        check_sse_headers(after, f"resume on {replica.name}")
+        details.append(check_resumed(ctx, events, after.events, response_id, f"resumed on {replica.name}"))
+    def source(replica: Replica) -> str:
+        lines = [line for line in replica.log_text().splitlines() if response_id in line and "resume from" in line]
+        return "shared" if any("shared store" in line for line in lines) else "local" if lines else "none"
+
+    sources = {replica.name: source(replica) for replica in rs.replicas}
+    expect(sorted(sources.values()) == ["local", "shared"],
+           f"one replica should resume from its own log and the other from Redis: {sources}")
+    via = raw_stream(rs.proxy.port, "GET", path, resume_headers)
+    check_sse_headers(via, "resume through nginx")
+    check_resumed(ctx, events, via.events, response_id, "resumed through nginx")
+    owner = next(name for name, source in sources.items() if source == "local")
+    return f"owner {owner}; {details[0]}; the other replica followed through Redis; nginx resume too"
+
+
+def test_replicas_reload(ctx: Context, rs: ReplicaSet) -> str:
+    """SIGHUP with a stream running: the new file takes effect at once, the stream goes on."""
+    a = rs.replicas[0]
+    reference = ctx.reference_text(user(QUESTION), MAX_TOKENS)
+    body = ctx.body(user(QUESTION), MAX_TOKENS, stream=True)
+    result: dict = {}
+
+    def stream() -> None:
+        try:
+            result["stream"] = raw_stream(a.port, "POST", "/v1/chat/completions", rs.auth("steady"), body)
+        except Exception as error:  # noqa: BLE001 - reported below
+            result["error"] = error
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    time.sleep(0.3)
+    # `steady` leaves the file and `fresh` comes in, while `steady`'s stream runs.
+    rs.write_keys(["tenant", "fresh"])
+    a.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if http_request(HOST, a.port, "GET", "/v1/models", headers=rs.auth("fresh"))[0] == 200:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the new key is not accepted 10 s after SIGHUP: {a.log_tail()}")
+    running = reader.is_alive()
+    status = http_request(HOST, a.port, "GET", "/v1/models", headers=rs.auth("steady"))[0]
+    expect(status == 401, f"a key removed from the file still answers {status}")
+    reader.join(IO_TIMEOUT)
+    expect("error" not in result, f"the running stream failed: {result.get('error')}")
+    streamed = result["stream"]
+    check_sse_headers(streamed, "the stream running across the reload")
+    same_text(streamed.text, reference, "the stream running across the reload")
+    expect(streamed.events[-1].get("data") == "[DONE]", "the running stream does not end with [DONE]")
+    # A file that does not read leaves the keys in force, and the log says why.
+    rs.keys_path.write_text("[[keys]]\nname = \"broken\"\n")
+    a.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "API keys not reloaded" not in a.log_text():
+        expect(time.monotonic() < deadline, f"no log line for the bad file: {a.log_tail()}")
+        time.sleep(0.05)
+    status = http_request(HOST, a.port, "GET", "/v1/models", headers=rs.auth("fresh"))[0]
+    expect(status == 200, f"after a bad file the key in force answers {status}")
+    rs.write_keys(["tenant", "fresh"])
+    return f"reloaded {'with the stream still running' if running else 'as the stream ended'}; the bad file was refused"
+
+
+def test_replicas_redis_down(ctx: Context, rs: ReplicaSet) -> str:
+    """Redis killed: a (fail open) serves, b (fail closed) refuses with 503, neither hangs, both
+    say so in /health; Redis back: both recover by themselves."""
+    a, b = rs.replicas
+    # b never reloaded: it still holds `steady`; a holds `fresh`.
+    rs.redis.kill()
+    started = time.monotonic()
+    status, _, data = one_token(ctx, a.port, rs.auth("fresh"))
+    open_secs = time.monotonic() - started
+    expect(status == 200, f"fail open with Redis down: HTTP {status}: {shorten(data)}")
+    started = time.monotonic()
+    status, headers, data = one_token(ctx, b.port, rs.auth("steady"))
+    closed_secs = time.monotonic() - started
+    expect(status == 503 and error_code(data)[0] == "state_unavailable",
+           f"fail closed with Redis down: HTTP {status}: {shorten(data)}")
+    expect(headers.get("retry-after") is not None, "the 503 has no Retry-After")
+    expect(max(open_secs, closed_secs) < 5, f"requests took {open_secs:.1f} s and {closed_secs:.1f} s with Redis down")
+    health_a, health_b = a.health(), b.health()
+    expect(health_a[0] == 200 and health_a[1].get("status") == "degraded", f"a's /health: {health_a}")
+    expect(health_b[0] == 503 and health_b[1].get("shared_state") == "unreachable", f"b's /health: {health_b}")
+    rs.redis.start()
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, _ = one_token(ctx, b.port, rs.auth("steady"))
+        if status == 200 and a.health()[1].get("status") == "ok" and b.health()[1].get("status") == "ok":
+            break
+        expect(time.monotonic() < deadline, f"not recovered 30 s after Redis came back: HTTP {status}: {b.log_tail()}")
+        time.sleep(0.2)
+    return (f"down: a served in {open_secs * 1000:.0f} ms, b refused in {closed_secs * 1000:.0f} ms; "
+            f"recovered {time.monotonic() - deadline + 30:.1f} s after Redis came back")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2105,6 +2453,7 @@ def main() -> int:
                 "nginx": nginx_suite,
                 "ws": ws_suite,
                 "examples": lambda ctx: examples_suite(ctx, Path(options.server_bin).resolve().parent),
+                "replicas": lambda ctx: replicas_suite(ctx, binary),
             }
             for suite in suites:
                 print(f"--- {suite}", flush=True)

@@ -180,7 +180,8 @@ fn bench() -> Result<()> {
     }
     let _ = server.wait();
     result?;
-    run(Command::new(debug_binary("llm-bench")?).args(["transport", "--write-docs"]))
+    run(Command::new(debug_binary("llm-bench")?).args(["transport", "--write-docs"]))?;
+    run(Command::new(debug_binary("llm-bench")?).args(["shared-state", "--write-docs"]))
 }
 
 fn free_port() -> Result<u16> {
@@ -216,6 +217,7 @@ fn client_tests() -> Result<()> {
         ),
         ("chromium", &["--version"][..]),
         ("nginx", &["-v"][..]),
+        ("redis-server", &["--version"][..]),
     ]
     .into_iter()
     .filter(|(program, args)| {
@@ -230,7 +232,7 @@ fn client_tests() -> Result<()> {
         bail!(
             "the real-client tests need {} (`.ci/run` installs them: `pip install -r \
              tests/clients/requirements.txt` in a virtual environment first on PATH, and \
-             `apt-get install -y chromium nginx`)",
+             `apt-get install -y chromium nginx redis-server`)",
             missing.join(", ")
         );
     }
