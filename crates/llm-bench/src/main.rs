@@ -6,6 +6,8 @@
 //!   rate; the latency the transport adds, memory per stream, CPU per million chunks.
 //! - `llm-bench reliability`: memory back to its baseline after disconnect storms, and SIGTERM
 //!   under load.
+//! - `llm-bench shared-state`: what keeping the rate limits in a real Redis costs a request,
+//!   against the same limits in the process.
 //!
 //! Results print as tables, go to `target/bench/*.json`, and with `--write-docs` into
 //! `docs/benchmarks.md`. `cargo xtask bench` runs them all.
@@ -13,6 +15,7 @@
 mod child;
 mod load;
 mod reliability;
+mod shared;
 mod stats;
 mod transport;
 
@@ -33,6 +36,8 @@ enum Command {
     Transport(transport::TransportArgs),
     /// Memory after disconnect storms, and SIGTERM under load.
     Reliability(reliability::ReliabilityArgs),
+    /// The cost of rate limits kept in Redis, per request.
+    SharedState(shared::SharedStateArgs),
     /// The scripted server the other commands start as a child process.
     #[command(hide = true)]
     ServeScripted(child::ServeArgs),
@@ -44,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => load::run(args).await,
         Command::Transport(args) => transport::run(args).await,
         Command::Reliability(args) => reliability::run(args).await,
+        Command::SharedState(args) => shared::run(args).await,
         Command::ServeScripted(args) => child::serve(args).await,
     }
 }
