@@ -4,8 +4,11 @@
 //!   whole test suite, the docs with warnings denied, then the real-client tests
 //!   (`tests/clients/run.py`: the `openai` package, Chromium, nginx, WebSockets) against the
 //!   built server. `.ci/run` installs what those need.
-//! - `bench`: the benchmarks that write `docs/benchmarks.md`: the load benchmark against the
-//!   server on the default model, and the transport benchmark at 1,000 and 10,000 streams.
+//! - `bench [--against URL [--against-label NAME] [--weights TEXT]]`: the benchmarks that write
+//!   `docs/benchmarks.md`: the load benchmark against the server on the default model, five
+//!   single streams back to back with their spread (beside another OpenAI-compatible server's,
+//!   alternating, when `--against` names its base URL), the transport benchmark at 1,000 and
+//!   10,000 streams, and the cost of Redis as shared state.
 //! - `reliability [SECONDS] [--write-docs]`: the whole reliability suite: the fast tests, the
 //!   differential soak, every fuzz target for SECONDS (default 60) each, and the slow checks of
 //!   `llm-bench reliability`, which reports them all; `--write-docs` puts the results in
@@ -41,7 +44,7 @@ fn dispatch() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("fuzz") => fuzz(seconds(args.get(1))?).map(drop),
-        Some("bench") => bench(),
+        Some("bench") => bench(args.get(1..).unwrap_or_default()),
         Some("soak") => soak(minutes(args.get(1))?),
         Some("reliability") => {
             let write_docs = args.iter().any(|arg| arg == "--write-docs");
@@ -53,7 +56,7 @@ fn dispatch() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench | soak [MINUTES] | reliability [FUZZ_SECONDS] [--write-docs] | fuzz [SECONDS]"
+                "usage: cargo xtask ci | bench [--against URL [--against-label NAME]] | soak [MINUTES] | reliability [FUZZ_SECONDS] [--write-docs] | fuzz [SECONDS]"
             );
             std::process::exit(2);
         }
@@ -156,7 +159,22 @@ fn reliability(fuzz_seconds: u64, write_docs: bool) -> Result<()> {
 }
 
 /// Benchmarks that write their tables into docs/benchmarks.md.
-fn bench() -> Result<()> {
+/// `bench [--against URL [--against-label NAME]]`: with another OpenAI-compatible server's
+/// base URL, single streams are compared with it side by side.
+fn bench(options: &[String]) -> Result<()> {
+    let mut compare: Vec<String> = Vec::new();
+    let mut options = options.iter();
+    while let Some(option) = options.next() {
+        match option.as_str() {
+            "--against" | "--against-label" | "--weights" => {
+                let value = options
+                    .next()
+                    .with_context(|| format!("{option} needs a value"))?;
+                compare.extend([option.clone(), value.clone()]);
+            }
+            other => bail!("unknown bench option `{other}`: use --against URL [--against-label NAME] [--weights TEXT]"),
+        }
+    }
     cargo(&["build", "--workspace"], &[])?;
     let port = free_port()?;
     let mut server = Command::new(debug_binary("llm-server")?)
@@ -170,7 +188,11 @@ fn bench() -> Result<()> {
             "--base",
             &base,
             "--write-docs",
-        ]))
+        ]))?;
+        // Five single streams back to back (and, given another server, beside its own).
+        run(Command::new(debug_binary("llm-bench")?)
+            .args(["compare", "--base", &base, "--write-docs"])
+            .args(&compare))
     });
     if let Some(pid) = i32::try_from(server.id())
         .ok()

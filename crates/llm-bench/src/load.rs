@@ -60,15 +60,15 @@ pub(crate) struct LoadArgs {
 
 /// What one request measured.
 #[derive(Debug, Default)]
-struct Sample {
-    ttft: Option<f64>,
-    inter_token: Vec<f64>,
+pub(crate) struct Sample {
+    pub(crate) ttft: Option<f64>,
+    pub(crate) inter_token: Vec<f64>,
     e2e: f64,
-    tokens: u64,
+    pub(crate) tokens: u64,
     text: String,
     /// Which prompt it answered.
     prompt: usize,
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// One concurrency level.
@@ -236,8 +236,17 @@ fn table(levels: &[Level]) -> String {
 }
 
 async fn first_model(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Result<String> {
-    let mut request = client.get(format!("{}/models", args.base));
-    if let Some(key) = &args.api_key {
+    first_model_at(client, &args.base, args.api_key.as_deref()).await
+}
+
+/// The first model `GET BASE/models` lists.
+pub(crate) async fn first_model_at(
+    client: &reqwest::Client,
+    base: &str,
+    api_key: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut request = client.get(format!("{base}/models"));
+    if let Some(key) = api_key {
         request = request.bearer_auth(key);
     }
     let models: serde_json::Value = request
@@ -251,6 +260,29 @@ async fn first_model(client: &reqwest::Client, args: &LoadArgs) -> anyhow::Resul
         .as_str()
         .map(str::to_owned)
         .context("GET /models listed no model")
+}
+
+/// One streamed request of `max_tokens` at temperature 0 to the server at `base`, timed.
+pub(crate) async fn timed(
+    client: &reqwest::Client,
+    base: &str,
+    api_key: Option<&str>,
+    model: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> Sample {
+    let args = LoadArgs {
+        base: base.to_owned(),
+        api_key: api_key.map(str::to_owned),
+        model: Some(model.to_owned()),
+        concurrency: vec![1],
+        rounds: 1,
+        max_tokens,
+        prompts: None,
+        label: String::new(),
+        write_docs: false,
+    };
+    one(client, &args, model, 0, prompt).await
 }
 
 /// One streamed request, timed.

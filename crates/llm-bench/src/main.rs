@@ -6,6 +6,9 @@
 //!   rate; the latency the transport adds, memory per stream, CPU per million chunks.
 //! - `llm-bench reliability`: memory back to its baseline after disconnect storms, and SIGTERM
 //!   under load.
+//! - `llm-bench compare`: one stream at a time against this server and any other
+//!   OpenAI-compatible one, alternating, with the spread (min, median, max) of the runs and
+//!   the ratio of the pair.
 //! - `llm-bench shared-state`: what keeping the rate limits in a real Redis costs a request,
 //!   against the same limits in the process.
 //!
@@ -13,6 +16,7 @@
 //! `docs/benchmarks.md`. `cargo xtask bench` runs them all.
 
 mod child;
+mod compare;
 mod load;
 mod reliability;
 mod shared;
@@ -32,6 +36,8 @@ struct Cli {
 enum Command {
     /// Concurrent streaming clients against an OpenAI-compatible server.
     Load(load::LoadArgs),
+    /// One stream at a time against this server and another, side by side.
+    Compare(compare::CompareArgs),
     /// Thousands of streams through the transport with a scripted engine.
     Transport(transport::TransportArgs),
     /// Memory after disconnect storms, and SIGTERM under load.
@@ -47,6 +53,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => load::run(args).await,
+        Command::Compare(args) => compare::run(args).await,
         Command::Transport(args) => transport::run(args).await,
         Command::Reliability(args) => reliability::run(args).await,
         Command::SharedState(args) => shared::run(args).await,

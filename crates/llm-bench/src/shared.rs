@@ -182,7 +182,7 @@ pub(crate) async fn run(args: SharedStateArgs) -> anyhow::Result<()> {
         ping.count, ping.p50, ping.p90, ping.p99
     ));
     let added = summaries[2].1.p50 - summaries[1].1.p50;
-    let cpu = cpu_description();
+    let cpu = llm_engine::cpu_description();
     let mut resume_table = String::from(
         "| resumed on | resumes | time to the first event p50 / p90 (ms) | live event latency p50 / p90 / p99 (ms) |\n|---|---:|---|---|\n",
     );
@@ -224,7 +224,7 @@ pub(crate) async fn run(args: SharedStateArgs) -> anyhow::Result<()> {
         let text = format!(
             "Non-streaming requests one at a time, a scripted engine answering at once, every \
              limit set (requests, tokens and concurrency per minute); {} requests per \
-             configuration in {} alternating rounds, on loopback. CPU: {cpu}.\n\n{table}\n\
+             configuration in {} alternating rounds, on loopback. {cpu}.\n\n{table}\n\
              Keeping the limits in Redis adds {added:.3} ms to a request at the median: the one \
              admission script on the request's path (the settle script runs after the answer).\n\n\
              Resumable streams on two replicas sharing that Redis (a scripted engine, a token \
@@ -349,29 +349,4 @@ fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_micros() as u64)
-}
-
-/// The CPU's model name and the vector extensions that matter for inference.
-fn cpu_description() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(key, _)| key.trim() == name)
-            .map(|(_, value)| value.trim().to_owned())
-            .unwrap_or_default()
-    };
-    let flags = field("flags");
-    let present: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
-        .into_iter()
-        .filter(|flag| flags.split_whitespace().any(|have| have == *flag))
-        .collect();
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    format!(
-        "{} (family {}, model {}; {cores} cores; {})",
-        field("model name"),
-        field("cpu family"),
-        field("model"),
-        present.join(", ")
-    )
 }

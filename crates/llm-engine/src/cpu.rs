@@ -6,8 +6,8 @@ pub fn cpu_description() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_once(':'))
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
             .map(|(_, value)| value.trim().to_owned())
             .unwrap_or_default()
     };
@@ -28,8 +28,10 @@ pub fn cpu_description() -> String {
     .collect();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     format!(
-        "CPU: {} ({cores} cores; flags that matter: {})",
+        "CPU: {} (family {}, model {}; {cores} cores; flags that matter: {})",
         field("model name"),
+        field("cpu family"),
+        field("model"),
         if have.is_empty() {
             "none".to_owned()
         } else {
