@@ -43,6 +43,12 @@ pub(crate) struct Args {
     #[arg(long, env = "LLM_STREAM_DEVICE", default_value = "cpu", value_parser = parse_device)]
     pub(crate) device: EngineDevice,
 
+    /// Threads the model's CPU kernels run on (the matrix products and the attention): by
+    /// default one per core. Fewer leaves cores to other work on a shared machine; more than
+    /// the cores only adds switching. Sets RAYON_NUM_THREADS, which the kernels read.
+    #[arg(long, env = "LLM_STREAM_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
+
     /// Finished conversations kept in the prefix cache, so that a prompt beginning like one of
     /// them (the same system prompt, the next turn of a chat) computes only its new part.
     /// 0 turns the cache off.

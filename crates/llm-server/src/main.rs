@@ -10,6 +10,11 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let args = cli::Args::parse();
     cli::init_logging(args.log_format);
+    if let Some(threads) = args.threads {
+        // Before any thread exists: every compute pool (rayon's, the attention kernels', the
+        // matrix products' split) reads it when it starts.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
