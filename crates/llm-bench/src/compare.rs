@@ -71,9 +71,9 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
     (sorted[0], median, sorted[n - 1])
 }
 
-/// A prompt neither server has seen in this run: the run's number leads, so that no prefix
-/// cache holds any of it past the chat template.
-fn prompt(run: usize, side: usize) -> String {
+/// A prompt neither server has seen: this invocation's `nonce` and the run's number lead, so
+/// that no prefix cache holds any of it past the chat template, in this run or an earlier one.
+fn prompt(nonce: u32, run: usize, side: usize) -> String {
     const TOPICS: &[&str] = &[
         "a lighthouse keeper who finds a message in a bottle",
         "a city where it has rained for a hundred years",
@@ -86,7 +86,7 @@ fn prompt(run: usize, side: usize) -> String {
     ];
     let topic = TOPICS[(run * 2 + side) % TOPICS.len()];
     format!(
-        "Story {}: write a long, detailed story about {topic}.",
+        "Story {nonce}-{}: write a long, detailed story about {topic}.",
         run * 2 + side + 1
     )
 }
@@ -115,6 +115,7 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
             bail!("{base}: {error}");
         }
     }
+    let nonce = fastrand::u32(..);
     for run in 0..args.runs {
         // Alternate which server goes first.
         let order: Vec<usize> = match bases.len() {
@@ -129,7 +130,7 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
                 &bases[side],
                 None,
                 &models[side],
-                &prompt(run, side),
+                &prompt(nonce, run, side),
                 args.max_tokens,
             )
             .await;
