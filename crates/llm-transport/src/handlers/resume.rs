@@ -92,16 +92,9 @@ pub(crate) async fn resume(
         return Ok(response);
     }
     tracing::info!(stream = id, from, "resume from this replica's log");
-    let config = state.config();
-    let (sender, receiver) = mpsc::channel(config.stream_buffer);
-    state.shutdown().spawn(follow(
-        log.attach(),
-        from,
-        prelude,
-        sender,
-        config.keep_alive_interval,
-    ));
-    Ok(event_stream_response(receiver))
+    Ok(followed(state, |body, keep_alive| {
+        follow(log.attach(), from, prelude, body, keep_alive)
+    }))
 }
 
 /// A resume of a stream another replica generates, from its copy in the shared store.
@@ -148,17 +141,27 @@ async fn resume_remote(
         return Ok(response);
     }
     tracing::info!(stream = id, from, "resume from the shared store");
+    let (store, id) = (Arc::clone(store), id.to_owned());
+    Ok(followed(state, |body, keep_alive| {
+        store.follow(id, remote, from, prelude, body, keep_alive)
+    }))
+}
+
+/// The event stream a follower task writes: `follower` gets the response body's sender and
+/// the keep-alive interval, and runs until shutdown has waited for it.
+fn followed<F>(
+    state: &State,
+    follower: impl FnOnce(mpsc::Sender<Bytes>, std::time::Duration) -> F,
+) -> Response<ResponseBody>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let config = state.config();
     let (sender, receiver) = mpsc::channel(config.stream_buffer);
-    state.shutdown().spawn(Arc::clone(store).follow(
-        id.to_owned(),
-        remote,
-        from,
-        prelude,
-        sender,
-        config.keep_alive_interval,
-    ));
-    Ok(event_stream_response(receiver))
+    state
+        .shutdown()
+        .spawn(follower(sender, config.keep_alive_interval));
+    event_stream_response(receiver)
 }
 
 /// Whether a resume from event `from` of a stream with `available` events can go on: `None`
