@@ -108,7 +108,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     // Each prompt alone first: the answers every answer under load must equal.
     let mut alone = Vec::new();
     for (index, prompt) in prompts.iter().enumerate() {
-        let sample = one(&client, &args, &model, index, prompt).await;
+        let sample = one(&client, &Target::of(&args), &model, index, prompt).await;
         if let Some(error) = sample.error {
             bail!("the prompt {prompt:?} failed alone: {error}");
         }
@@ -130,7 +130,8 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let mut samples = Vec::new();
                 for round in 0..args.rounds {
                     let index = (worker + round * concurrency) % prompts.len();
-                    samples.push(one(&client, &args, &model, index, &prompts[index]).await);
+                    let target = Target::of(&args);
+                    samples.push(one(&client, &target, &model, index, &prompts[index]).await);
                 }
                 samples
             })
@@ -271,24 +272,35 @@ pub(crate) async fn timed(
     prompt: &str,
     max_tokens: u32,
 ) -> Sample {
-    let args = LoadArgs {
-        base: base.to_owned(),
-        api_key: api_key.map(str::to_owned),
-        model: Some(model.to_owned()),
-        concurrency: vec![1],
-        rounds: 1,
+    let target = Target {
+        base,
+        api_key,
         max_tokens,
-        prompts: None,
-        label: String::new(),
-        write_docs: false,
     };
-    one(client, &args, model, 0, prompt).await
+    one(client, &target, model, 0, prompt).await
+}
+
+/// Where a request goes and how long it may be.
+struct Target<'a> {
+    base: &'a str,
+    api_key: Option<&'a str>,
+    max_tokens: u32,
+}
+
+impl<'a> Target<'a> {
+    fn of(args: &'a LoadArgs) -> Self {
+        Self {
+            base: &args.base,
+            api_key: args.api_key.as_deref(),
+            max_tokens: args.max_tokens,
+        }
+    }
 }
 
 /// One streamed request, timed.
 async fn one(
     client: &reqwest::Client,
-    args: &LoadArgs,
+    target: &Target<'_>,
     model: &str,
     index: usize,
     prompt: &str,
@@ -298,7 +310,7 @@ async fn one(
         prompt: index,
         ..Sample::default()
     };
-    if let Err(error) = stream(client, args, model, prompt, started, &mut sample).await {
+    if let Err(error) = stream(client, target, model, prompt, started, &mut sample).await {
         sample.error = Some(format!("{error:#}"));
     }
     sample.e2e = started.elapsed().as_secs_f64();
@@ -307,7 +319,7 @@ async fn one(
 
 async fn stream(
     client: &reqwest::Client,
-    args: &LoadArgs,
+    target: &Target<'_>,
     model: &str,
     prompt: &str,
     started: Instant,
@@ -318,13 +330,13 @@ async fn stream(
         "messages": [{"role": "user", "content": prompt}],
         "stream": true,
         "stream_options": {"include_usage": true},
-        "max_tokens": args.max_tokens,
+        "max_tokens": target.max_tokens,
         "temperature": 0,
     });
     let mut request = client
-        .post(format!("{}/chat/completions", args.base))
+        .post(format!("{}/chat/completions", target.base))
         .json(&body);
-    if let Some(key) = &args.api_key {
+    if let Some(key) = target.api_key {
         request = request.bearer_auth(key);
     }
     let response = request.send().await?;
