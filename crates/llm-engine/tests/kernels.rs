@@ -124,11 +124,12 @@ fn check_q8_0(k: usize, n: usize, rows: &[usize], activations: impl Fn(usize) ->
 
 #[test]
 fn q8_0_matmul_computes_the_reference_dot_products_bit_for_bit() {
-    // 576 is the default model's hidden size (18 blocks); 37 columns leave a partial column
-    // tile; 1 to 5 rows cover every register tile height; from 8 rows a CPU with AMX takes the
-    // tile kernel (16, a partial group of 16, and 70 past one 64-row tile); 64 columns are four
-    // whole AMX strips, 37 two and a remainder.
-    for k in [576, 1536] {
+    // 576 is the default model's hidden size (18 blocks) and 1536 its MLP width (48): the
+    // register kernel sums blocks four at a time, and 64, 160, 224 and 576 leave 2, 1, 3 and 2
+    // blocks after the last four; 1 to 5 rows cover every register tile height; from 8 rows a
+    // CPU with AMX takes the tile kernel (16, a partial group of 16, and 70 past one 64-row
+    // tile); 64 columns are four whole AMX strips, 37 two and a remainder.
+    for k in [64, 160, 224, 576, 1536] {
         for n in [37, 64] {
             check_q8_0(k, n, &[1, 2, 3, 4, 5, 8, 16, 33, 70], |m| {
                 values(m * k, 11 + m as u64)

@@ -2371,10 +2371,9 @@ fn matmul_row_tiles(
 }
 
 /// The Q8_0 case of [`matmul`] on AVX2 (a prompt, a batch of decoding sequences, or one): AMX
-/// tiles for many rows where the CPU has them, else register tiles of 4 weight columns by up to 4 rows
-/// (`super::avx::matmul_q8_0`), so that each block loaded is used up to four times, with the
-/// next tile's weights prefetched while a tile computes. One row gains too: four columns give
-/// the core four independent dot products, and the prefetch keeps the weights streaming.
+/// tiles for many rows where the CPU has them, else one weight column at a time by up to 4 rows
+/// (`super::avx::matmul_q8_0`), so that each block loaded is used up to four times and the
+/// weights stream from memory in the order they are stored.
 #[cfg(target_feature = "avx2")]
 fn matmul_q8_0_avx2(
     (m, n): (usize, usize),
@@ -2383,7 +2382,7 @@ fn matmul_q8_0_avx2(
     rhs_t: &[BlockQ8_0],
     dst: &mut [f32],
 ) {
-    use super::avx::{amx_available, matmul_q8_0, matmul_q8_0_amx, Q8_0_TILE_COLS};
+    use super::avx::{amx_available, matmul_q8_0, matmul_q8_0_amx};
     // llm-stream: from this many rows (a prompt, or a large batch) on a CPU with AMX, the tile
     // instructions do the products; they give the same floats as the register tiles.
     const AMX_MIN_ROWS: usize = 8;
@@ -2392,7 +2391,7 @@ fn matmul_q8_0_avx2(
         unsafe { matmul_q8_0_amx((m, n), nb, lhs_b, rhs_t, dst) };
         return;
     }
-    matmul_row_tiles((m, n), Q8_0_TILE_COLS, dst, |rows, col0, out| {
+    matmul_row_tiles((m, n), 1, dst, |rows, col0, out| {
         let (row_count, cols) = (rows.len(), out.len() / rows.len());
         matmul_q8_0(
             nb,
