@@ -5,39 +5,20 @@ use candle_core::{Context, Device, Result, Storage, Tensor, WithDType};
 use half::bf16;
 use half::f16;
 use rayon::prelude::*;
-use rayon::ThreadPool;
 
-use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
 use crate::attention::SdpaParams;
 
-#[cfg(target_os = "macos")]
-/// Elevate the thread QoS so macOS prefers running it on Performance (P) cores.
-unsafe fn set_thread_affinity() {
-    // USER_INTERACTIVE has the highest scheduling priority that user code
-    // can request and is most likely to be scheduled on P‑cores.
-    use libc::{pthread_set_qos_class_self_np, qos_class_t::QOS_CLASS_USER_INTERACTIVE};
-    // The second argument is a relative priority within the QoS class (0 = default).
-    pthread_set_qos_class_self_np(QOS_CLASS_USER_INTERACTIVE, 0);
-}
-
-#[cfg(not(target_os = "macos"))]
+/// llm-stream: the attention kernels run in rayon's global pool, with the matrix products,
+/// instead of a second pool of as many threads (upstream's `FLASH_ATTN_POOL`, which on macOS
+/// also raised its threads' QoS class). Two pools kept twice as many threads as cores spinning
+/// between kernels: on 2 cores, 4 threads took turns on them through `sched_yield`, and a
+/// product's jobs waited for a core that an idle attention thread held.
 #[inline(always)]
-unsafe fn set_thread_affinity() {
-    // On non‑macOS platforms we currently leave affinity untouched.
+fn in_kernel_pool<R>(kernel: impl FnOnce() -> R) -> R {
+    kernel()
 }
-
-/// Rayon pool used by the flash‑attention CPU kernels, with a per‑thread
-/// start handler that applies our affinity hint exactly once.
-static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
-    rayon::ThreadPoolBuilder::new()
-        .start_handler(|_| unsafe {
-            set_thread_affinity();
-        })
-        .build()
-        .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
-});
 
 /// llm-stream: lanes of [`vec_dot_f32`]'s partial sums (two 8-float vectors on AVX).
 const DOT_LANES: usize = 16;
@@ -602,7 +583,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_kernel_pool(|| {
         // llm-stream: one parallel item per (sequence, tile); each writes only its own slots.
         (0..b * kv_tiles).into_par_iter().for_each(|item| {
             let (b_i, tile_idx) = (item / kv_tiles, item % kv_tiles);
@@ -731,7 +712,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    in_kernel_pool(|| {
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
