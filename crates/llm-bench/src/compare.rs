@@ -92,7 +92,12 @@ fn prompt(nonce: u32, run: usize, side: usize) -> String {
 }
 
 pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    // A new connection for every run: llama-server closes a kept-alive connection it has been
+    // idle on, and a run that reused one failed with "connection closed before message
+    // completed". Connecting costs well under a millisecond on loopback, the same for both.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let mut bases = vec![args.base.clone()];
     bases.extend(args.against.clone());
     let mut models = Vec::new();
