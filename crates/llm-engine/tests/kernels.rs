@@ -7,8 +7,10 @@
 //! answer; and within rounding of upstream's `vec_dot`. Other formats keep upstream's dot product
 //! and tile only the rows: each row of a many-row product must equal that row multiplied alone.
 
+use std::borrow::Cow;
+
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 mod common;
@@ -166,4 +168,23 @@ fn other_formats_rows_together_equal_rows_alone_bit_for_bit() {
     for format in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K] {
         check(format, 768, 19, &[3, 66]);
     }
+}
+
+#[test]
+fn quantized_storage_from_owned_bytes_keeps_them() {
+    // `QStorage::from_data` with owned bytes (weights built in memory, for example several
+    // matrices' bytes appended into one): upstream copied the blocks out of the bytes after
+    // freeing them. 40 MB, past the size from which the allocator maps memory of its own and
+    // unmaps it when freed, so that the copy reads either an unmapped page or a fresh zeroed one
+    // instead of bytes that happen to survive. Any 34 bytes are a Q8_0 block.
+    let columns = 65536;
+    let len = columns * (576 / 32) * std::mem::size_of::<BlockQ8_0>();
+    #[allow(clippy::cast_possible_truncation)] // a byte pattern
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 | 1).collect();
+    let storage = QStorage::from_data(Cow::Owned(bytes.clone()), &Device::Cpu, GgmlDType::Q8_0)
+        .expect("storage");
+    let rebuilt = QTensor::new(storage, (columns, 576)).expect("tensor");
+    let kept = rebuilt.data().expect("bytes");
+    let differing = kept.iter().zip(&bytes).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "{differing} of {len} bytes changed");
 }
