@@ -725,19 +725,21 @@ pub(crate) unsafe fn q8_0_column<const R: usize, const DOT: u8>(
     if R > 1 {
         return q8_0_column_rows::<R, DOT>(nb, x, ys, ystride);
     }
-    let mut acc = [_mm_setzero_ps(); R];
+    let mut acc = _mm_setzero_ps();
     let mut b = 0;
     while b + 4 <= nb {
-        q8_0_blocks::<4, R, DOT>(x.add(b), ys.add(b), ystride, &mut acc);
+        q8_0_blocks::<4, DOT>(x.add(b), ys.add(b), &mut acc);
         b += 4;
     }
     match nb - b {
-        3 => q8_0_blocks::<3, R, DOT>(x.add(b), ys.add(b), ystride, &mut acc),
-        2 => q8_0_blocks::<2, R, DOT>(x.add(b), ys.add(b), ystride, &mut acc),
-        1 => q8_0_blocks::<1, R, DOT>(x.add(b), ys.add(b), ystride, &mut acc),
+        3 => q8_0_blocks::<3, DOT>(x.add(b), ys.add(b), &mut acc),
+        2 => q8_0_blocks::<2, DOT>(x.add(b), ys.add(b), &mut acc),
+        1 => q8_0_blocks::<1, DOT>(x.add(b), ys.add(b), &mut acc),
         _ => {}
     }
-    acc.map(|acc| _mm_cvtss_f32(acc))
+    let mut out = [0f32; R];
+    out[0] = _mm_cvtss_f32(acc);
+    out
 }
 
 /// [`q8_0_column`] for 2 to 4 rows: each block's integer sums of the rows added horizontally
@@ -773,52 +775,42 @@ unsafe fn q8_0_column_rows<const R: usize, const DOT: u8>(
     out
 }
 
-/// `G` (1 to 4) consecutive blocks of [`q8_0_column`]: their integer sums horizontally added
-/// together, then added to each row's float sum (lane 0 of `acc[r]`) block by block, in order.
+/// `G` (1 to 4) consecutive blocks of one column and one row of [`q8_0_column`]: their integer
+/// sums horizontally added together, then added to the float sum (lane 0 of `acc`) block by
+/// block, in order.
 #[inline(always)]
-unsafe fn q8_0_blocks<const G: usize, const R: usize, const DOT: u8>(
+unsafe fn q8_0_blocks<const G: usize, const DOT: u8>(
     x: *const BlockQ8_0,
-    ys: *const BlockQ8_0,
-    ystride: usize,
-    acc: &mut [__m128; R],
+    y: *const BlockQ8_0,
+    acc: &mut __m128,
 ) {
-    let mut sums = [[_mm256_setzero_si256(); 4]; R];
+    let mut sums = [_mm256_setzero_si256(); 4];
     // The scales, four `f16`s packed into one register and converted together (filling an array
     // of floats and loading it as a vector stalled on store forwarding every block).
-    let mut dx_bits = 0u64;
-    let mut dy_bits = [0u64; R];
+    let (mut dx_bits, mut dy_bits) = (0u64, 0u64);
     for j in 0..G {
-        let xb = &*x.add(j);
+        let (xb, yb) = (&*x.add(j), &*y.add(j));
         dx_bits |= u64::from(xb.d.to_bits()).wrapping_shl(16 * j as u32);
+        dy_bits |= u64::from(yb.d.to_bits()).wrapping_shl(16 * j as u32);
         let bx = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-        let ax = _mm256_sign_epi8(bx, bx);
-        for r in 0..R {
-            let yb = &*ys.add(r * ystride + j);
-            dy_bits[r] |= u64::from(yb.d.to_bits()).wrapping_shl(16 * j as u32);
-            let by = _mm256_loadu_si256(yb.qs.as_ptr() as *const __m256i);
-            sums[r][j] = dot_i32::<DOT>(ax, _mm256_sign_epi8(by, bx));
-        }
+        let by = _mm256_loadu_si256(yb.qs.as_ptr() as *const __m256i);
+        sums[j] = dot_i32::<DOT>(_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(by, bx));
     }
-    let dx = _mm_cvtph_ps(_mm_cvtsi64_si128(dx_bits as i64));
-    for r in 0..R {
-        let totals = _mm_cvtepi32_ps(sum_lanes_4(sums[r]));
-        let scale = _mm_mul_ps(dx, _mm_cvtph_ps(_mm_cvtsi64_si128(dy_bits[r] as i64)));
-        acc[r] = _mm_fmadd_ss(scale, totals, acc[r]);
-        if G > 1 {
-            let (s, t) = (_mm_movehdup_ps(scale), _mm_movehdup_ps(totals));
-            acc[r] = _mm_fmadd_ss(s, t, acc[r]);
-        }
-        if G > 2 {
-            let (s, t) = (_mm_movehl_ps(scale, scale), _mm_movehl_ps(totals, totals));
-            acc[r] = _mm_fmadd_ss(s, t, acc[r]);
-        }
-        if G > 3 {
-            let (s, t) = (
-                _mm_shuffle_ps::<3>(scale, scale),
-                _mm_shuffle_ps::<3>(totals, totals),
-            );
-            acc[r] = _mm_fmadd_ss(s, t, acc[r]);
-        }
+    let totals = _mm_cvtepi32_ps(sum_lanes_4(sums));
+    let scale = _mm_mul_ps(
+        _mm_cvtph_ps(_mm_cvtsi64_si128(dx_bits as i64)),
+        _mm_cvtph_ps(_mm_cvtsi64_si128(dy_bits as i64)),
+    );
+    *acc = _mm_fmadd_ss(scale, totals, *acc);
+    if G > 1 {
+        *acc = _mm_fmadd_ss(_mm_movehdup_ps(scale), _mm_movehdup_ps(totals), *acc);
+    }
+    if G > 2 {
+        *acc = _mm_fmadd_ss(_mm_movehl_ps(scale, scale), _mm_movehl_ps(totals, totals), *acc);
+    }
+    if G > 3 {
+        let (s, t) = (_mm_shuffle_ps::<3>(scale, scale), _mm_shuffle_ps::<3>(totals, totals));
+        *acc = _mm_fmadd_ss(s, t, *acc);
     }
 }
 
