@@ -2391,7 +2391,10 @@ fn matmul_q8_0_avx2(
         unsafe { matmul_q8_0_amx((m, n), nb, lhs_b, rhs_t, dst) };
         return;
     }
-    matmul_row_tiles((m, n), 1, dst, |rows, col0, out| {
+    // llm-stream: weight columns per kernel call: the register kernel goes one column at a time
+    // either way, and a call per column repeated its CPU feature checks for every column.
+    const COLUMNS_PER_CALL: usize = 16;
+    matmul_row_tiles((m, n), COLUMNS_PER_CALL, dst, |rows, col0, out| {
         let (row_count, cols) = (rows.len(), out.len() / rows.len());
         matmul_q8_0(
             nb,
