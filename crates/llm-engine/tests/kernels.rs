@@ -4,8 +4,10 @@
 //! AMX tiles on CPUs that have them), one activation row or many. Each result must be the float
 //! of one fixed arithmetic (exact integer sums per block, then scaled float sums block by block),
 //! bit for bit, whichever kernel computes it, so that batching and prompt length never change an
-//! answer; and within rounding of upstream's `vec_dot`. Other formats keep upstream's dot product
-//! and tile only the rows: each row of a many-row product must equal that row multiplied alone.
+//! answer; and within rounding of upstream's `vec_dot`. Q4_1 weights (the default model's packaged
+//! format) go through a register kernel of their own, checked the same way against its own fixed
+//! arithmetic. Other formats keep upstream's dot product and tile only the rows: each row of a
+//! many-row product must equal that row multiplied alone.
 
 use std::borrow::Cow;
 
@@ -45,6 +47,17 @@ fn check(format: GgmlDType, k: usize, n: usize, rows: &[usize]) {
             );
         }
     }
+}
+
+/// `matmul` of the rows of `values` (`k` each), one vector of floats per row.
+fn product(matmul: &QMatMul, values: &[f32], k: usize) -> Vec<Vec<f32>> {
+    let rows = values.len() / k;
+    let xs = Tensor::from_vec(values.to_vec(), (rows, k), &Device::Cpu).expect("xs");
+    matmul
+        .forward(&xs)
+        .expect("matmul")
+        .to_vec2()
+        .expect("floats")
 }
 
 /// Q8_0 blocks of each row of a `rows` by `k` matrix.
@@ -100,12 +113,7 @@ fn check_q8_0(k: usize, n: usize, rows: &[usize], activations: impl Fn(usize) ->
     let columns = q8_0_rows(&weight_values, k);
     for &m in rows {
         let xs_values = activations(m);
-        let xs = Tensor::from_vec(xs_values.clone(), (m, k), &Device::Cpu).expect("xs");
-        let got: Vec<Vec<f32>> = matmul
-            .forward(&xs)
-            .expect("matmul")
-            .to_vec2()
-            .expect("floats");
+        let got = product(&matmul, &xs_values, k);
         for (row, (got, blocks)) in got.iter().zip(q8_0_rows(&xs_values, k)).enumerate() {
             for (col, (&value, column)) in got.iter().zip(&columns).enumerate() {
                 let expected = q8_0_dot(column, &blocks);
@@ -187,4 +195,91 @@ fn quantized_storage_from_owned_bytes_keeps_them() {
     let kept = rebuilt.data().expect("bytes");
     let differing = kept.iter().zip(&bytes).filter(|(a, b)| a != b).count();
     assert_eq!(differing, 0, "{differing} of {len} bytes changed");
+}
+
+/// An IEEE half-precision float's value (finite only: Q4_1 and Q8_1 scales are).
+fn f16_value(low: u8, high: u8) -> f32 {
+    let bits = u16::from_le_bytes([low, high]);
+    let sign = if bits >> 15 == 1 { -1.0 } else { 1.0 };
+    let (exponent, mantissa) = (i32::from((bits >> 10) & 0x1f), f32::from(bits & 0x3ff));
+    assert!(exponent < 31, "not finite: {bits:#06x}");
+    match exponent {
+        0 => sign * mantissa * 2f32.powi(-24),
+        _ => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(exponent - 15),
+    }
+}
+
+/// The blocks' bytes of `values` (`rows` by `k`) quantized to `format` by upstream's `from_float`.
+fn quantized_bytes(values: &[f32], k: usize, format: GgmlDType) -> Vec<u8> {
+    let rows = values.len() / k;
+    let tensor = Tensor::from_vec(values.to_vec(), (rows, k), &Device::Cpu).expect("tensor");
+    let quantized = QTensor::quantize(&tensor, format).expect("quantize");
+    quantized.data().expect("bytes").into_owned()
+}
+
+/// The dot product of the Q4_1 kernel of `vendor/candle-core`, from a Q4_1 weight column's bytes
+/// (blocks of `d`, `m`, 16 bytes of nibbles) and a Q8_1 row's (`d`, `s`, 32 bytes): block `b` goes
+/// to lane `b % 4` of two sums, `dx * dy` times its exact integer sum in a fused multiply-add to
+/// the first, the rounded `mx * sy` to the second; then the lanes of the two are added, and
+/// `(l0 + l2) + (l1 + l3)`. Also upstream's `vec_dot` order, one float sum of
+/// `sumi * dx * dy + mx * sy` per block.
+fn q4_1_dots(column: &[u8], row: &[u8]) -> (f32, f32) {
+    let (mut acc, mut offsets, mut upstream) = ([0f32; 4], [0f32; 4], 0f32);
+    for (b, (x, y)) in column
+        .chunks_exact(20)
+        .zip(row.chunks_exact(36))
+        .enumerate()
+    {
+        let (dx, mx) = (f16_value(x[0], x[1]), f16_value(x[2], x[3]));
+        let (dy, sy) = (f16_value(y[0], y[1]), f16_value(y[2], y[3]));
+        let qy = |j: usize| i32::from(y[4 + j] as i8);
+        let sum: i32 = (0..16)
+            .map(|j| i32::from(x[4 + j] & 15) * qy(j) + i32::from(x[4 + j] >> 4) * qy(j + 16))
+            .sum();
+        #[allow(clippy::cast_precision_loss)] // at most 32 * 15 * 128, exact in an f32
+        let sum = sum as f32;
+        acc[b % 4] = (dx * dy).mul_add(sum, acc[b % 4]);
+        offsets[b % 4] += mx * sy;
+        upstream += sum * dx * dy + mx * sy;
+    }
+    let lanes: [f32; 4] = std::array::from_fn(|l| acc[l] + offsets[l]);
+    ((lanes[0] + lanes[2]) + (lanes[1] + lanes[3]), upstream)
+}
+
+#[test]
+fn q4_1_matmul_computes_the_reference_dot_products_bit_for_bit() {
+    // As for Q8_0: 64, 160, 224 and 576 leave 2, 1, 3 and 2 blocks after the last group of four,
+    // and 1 to 5 rows cover every row count of the register kernel.
+    for k in [64, 160, 224, 576, 1536] {
+        let n = 37;
+        let weight_values = values(n * k, 7);
+        let weights = Tensor::from_vec(weight_values.clone(), (n, k), &Device::Cpu).expect("w");
+        let matmul =
+            QMatMul::from_qtensor(QTensor::quantize(&weights, GgmlDType::Q4_1).expect("quantize"))
+                .expect("matmul");
+        let columns = quantized_bytes(&weight_values, k, GgmlDType::Q4_1);
+        let column_bytes = k / 32 * 20;
+        for m in [1, 2, 3, 4, 5, 8, 33, 70] {
+            let xs_values = values(m * k, 11 + m as u64);
+            let got = product(&matmul, &xs_values, k);
+            let rows = quantized_bytes(&xs_values, k, GgmlDType::Q8_1);
+            let row_bytes = k / 32 * 36;
+            for (row, got) in got.iter().enumerate() {
+                let row_blocks = &rows[row * row_bytes..(row + 1) * row_bytes];
+                for (col, &value) in got.iter().enumerate() {
+                    let column = &columns[col * column_bytes..(col + 1) * column_bytes];
+                    let (expected, upstream) = q4_1_dots(column, row_blocks);
+                    assert_eq!(
+                        value.to_bits(),
+                        expected.to_bits(),
+                        "{m}x{k} by {k}x{n}: row {row} column {col}: {value} where {expected} was due"
+                    );
+                    assert!(
+                        (value - upstream).abs() <= 1e-4 * upstream.abs().max(1.0),
+                        "{m}x{k} by {k}x{n}: row {row} column {col}: {value}, upstream {upstream}"
+                    );
+                }
+            }
+        }
+    }
 }

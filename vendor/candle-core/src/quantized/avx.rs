@@ -1,5 +1,6 @@
 use super::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QK8_0, QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0,
+    QK8_0, QK8_1, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -765,7 +766,7 @@ unsafe fn q8_0_column_rows<const R: usize, const DOT: u8>(
             sums[r] = dot_i32::<DOT>(ax, _mm256_sign_epi8(by, bx));
         }
         let dx = _mm_set1_ps(xb.d.to_f32());
-        let scale = _mm_mul_ps(dx, _mm_cvtph_ps(_mm_cvtsi64_si128(dy_bits as i64)));
+        let scale = _mm_mul_ps(dx, f16_lanes(dy_bits));
         acc = _mm_fmadd_ps(scale, _mm_cvtepi32_ps(sum_lanes_4(sums)), acc);
     }
     let mut lanes = [0f32; 4];
@@ -797,20 +798,183 @@ unsafe fn q8_0_blocks<const G: usize, const DOT: u8>(
         sums[j] = dot_i32::<DOT>(_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(by, bx));
     }
     let totals = _mm_cvtepi32_ps(sum_lanes_4(sums));
-    let scale = _mm_mul_ps(
-        _mm_cvtph_ps(_mm_cvtsi64_si128(dx_bits as i64)),
-        _mm_cvtph_ps(_mm_cvtsi64_si128(dy_bits as i64)),
-    );
-    *acc = _mm_fmadd_ss(scale, totals, *acc);
+    let scale = _mm_mul_ps(f16_lanes(dx_bits), f16_lanes(dy_bits));
+    fma_lanes_in_order::<G>(scale, totals, acc);
+}
+
+/// The four `f16`s packed in `bits` (the first in the low 16 bits) as four float lanes.
+#[inline(always)]
+unsafe fn f16_lanes(bits: u64) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+}
+
+/// Adds `a[j] * b[j]` for the first `G` (1 to 4) lanes to lane 0 of `acc`, lane by lane in order,
+/// each in one fused multiply-add: the same floats as one vector multiply-add per lane of the
+/// many-row kernels, where each lane is a row.
+#[inline(always)]
+unsafe fn fma_lanes_in_order<const G: usize>(a: __m128, b: __m128, acc: &mut __m128) {
+    *acc = _mm_fmadd_ss(a, b, *acc);
     if G > 1 {
-        *acc = _mm_fmadd_ss(_mm_movehdup_ps(scale), _mm_movehdup_ps(totals), *acc);
+        *acc = _mm_fmadd_ss(_mm_movehdup_ps(a), _mm_movehdup_ps(b), *acc);
     }
     if G > 2 {
-        *acc = _mm_fmadd_ss(_mm_movehl_ps(scale, scale), _mm_movehl_ps(totals, totals), *acc);
+        *acc = _mm_fmadd_ss(_mm_movehl_ps(a, a), _mm_movehl_ps(b, b), *acc);
     }
     if G > 3 {
-        let (s, t) = (_mm_shuffle_ps::<3>(scale, scale), _mm_shuffle_ps::<3>(totals, totals));
-        *acc = _mm_fmadd_ss(s, t, *acc);
+        let (a, b) = (_mm_shuffle_ps::<3>(a, a), _mm_shuffle_ps::<3>(b, b));
+        *acc = _mm_fmadd_ss(a, b, *acc);
+    }
+}
+
+/// llm-stream: Q8_1 activations as [`q4_1_column`] reads them: four blocks' bytes, then their
+/// scales `d` and offset sums `s` as floats, the `f16`s `BlockQ8_1::from_float` gives, exactly.
+/// A row's last group is padded with zeros. The scales are the same for every weight column, so
+/// they are converted once per row here instead of once per column in the kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q8_1x4 {
+    qs: [[i8; QK8_1]; 4],
+    d: [f32; 4],
+    s: [f32; 4],
+}
+
+impl Q8_1x4 {
+    pub(crate) const ZERO: Self = Self {
+        qs: [[0; QK8_1]; 4],
+        d: [0.0; 4],
+        s: [0.0; 4],
+    };
+}
+
+/// llm-stream: quantizes one row of activations (whole blocks of 32) into `ys`, zeroed groups of
+/// four blocks, as `BlockQ8_1::from_float` does: the same bytes and scale as Q8_0
+/// ([`quantize_row_q8_0`]), and `s`, the sum of the bytes as an `f16` times the scale, rounded to
+/// an `f16` as upstream rounds it.
+pub(crate) fn quantize_row_q8_1x4(xs: &[f32], ys: &mut [Q8_1x4]) {
+    assert!(xs.len().is_multiple_of(QK8_1) && ys.len() == (xs.len() / QK8_1).div_ceil(4));
+    let mut q8_0 = [BlockQ8_0 {
+        d: f16::ZERO,
+        qs: [0; QK8_0],
+    }];
+    for (i, block) in xs.chunks_exact(QK8_1).enumerate() {
+        quantize_row_q8_0(block, &mut q8_0);
+        let (group, j) = (&mut ys[i / 4], i % 4);
+        let sum: i32 = q8_0[0].qs.iter().map(|&q| i32::from(q)).sum();
+        group.qs[j] = q8_0[0].qs;
+        group.d[j] = q8_0[0].d.to_f32();
+        group.s[j] = (f16::from_f32(sum as f32) * q8_0[0].d).to_f32();
+    }
+}
+
+/// Dot products of one Q4_1 weight column with `R` Q8_1 activation rows, computed together.
+///
+/// llm-stream: a Q4_1 block's values are `d * q + m` (`q` in 0..=15) and a Q8_1 block's `d * q`,
+/// with `s` its scale times the sum of its bytes, so a block pair's product is
+/// `dx * dy * sum(qx * qy) + mx * sy`. Block `b` goes to lane `b % 4` of two float sums: the exact
+/// integer sum of its 32 products, converted to a float, times `dx * dy`, is added to the first
+/// in one fused multiply-add, and the rounded product `mx * sy` to the second. The result is the
+/// lanes of the two sums added, then `(l0 + l2) + (l1 + l3)`. One row alone and rows together, in
+/// a prompt or a batch, go through the same code and get the same floats
+/// (`crates/llm-engine/tests/kernels.rs` holds this as a scalar reference). Upstream's x86 build
+/// has only the scalar loop of `vec_dot`, which sums `sumi * dx * dy + mx * sy` per block in one
+/// float sum: the same products, rounded in another order.
+///
+/// The 4-bit weights are the unsigned operand of the byte dot product as they are, and a product
+/// of two bytes is at most 15 * 128, so the AVX2 pair sums never saturate: all three `DOT` forms
+/// give the same integers. Weight blocks are 20 bytes where Q8_0's are 34: decoding, which
+/// streams every weight once per token, reads 41% fewer bytes. Without shuffles where a load can
+/// do it (the nibbles are unpacked from a broadcast load by a variable shift): on a Zen 4 core a
+/// first form, which moved bytes between 128-bit lanes for the nibbles and for every scale, was
+/// bound by its shuffle units at a third of the memory's speed.
+///
+/// # Safety
+/// `x` must point at a column of `nb` blocks; `ys` at `R` rows of `nb.div_ceil(4)` groups each,
+/// `ystride` groups apart. `R` is 1 to 4. The CPU must have the features `DOT` uses, and the
+/// caller must enable them (`#[target_feature]`) for this to compile to them.
+#[inline(always)]
+pub(crate) unsafe fn q4_1_column<const R: usize, const DOT: u8>(
+    nb: usize,
+    x: *const BlockQ4_1,
+    ys: *const Q8_1x4,
+    ystride: usize,
+) -> [f32; R] {
+    let mut acc = [_mm_setzero_ps(); R];
+    let mut macc = [_mm_setzero_ps(); R];
+    let groups = nb / 4;
+    for g in 0..groups {
+        q4_1_group::<4, R, DOT>(x.add(4 * g), ys.add(g), ystride, &mut acc, &mut macc);
+    }
+    let (x, ys) = (x.add(4 * groups), ys.add(groups));
+    match nb % 4 {
+        3 => q4_1_group::<3, R, DOT>(x, ys, ystride, &mut acc, &mut macc),
+        2 => q4_1_group::<2, R, DOT>(x, ys, ystride, &mut acc, &mut macc),
+        1 => q4_1_group::<1, R, DOT>(x, ys, ystride, &mut acc, &mut macc),
+        _ => {}
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let lanes = _mm_add_ps(acc[r], macc[r]);
+        let pairs = _mm_add_ps(lanes, _mm_movehl_ps(lanes, lanes));
+        out[r] = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)));
+    }
+    out
+}
+
+/// `G` (1 to 4) consecutive blocks of a [`q4_1_column`], for each of its `R` rows, into lanes 0
+/// to `G - 1` of the rows' sums (the other lanes get zeros added). The weight blocks are unpacked
+/// once for all rows.
+#[inline(always)]
+unsafe fn q4_1_group<const G: usize, const R: usize, const DOT: u8>(
+    x: *const BlockQ4_1,
+    ys: *const Q8_1x4,
+    ystride: usize,
+    acc: &mut [__m128; R],
+    macc: &mut [__m128; R],
+) {
+    // The 16 bytes in both halves, the high half shifted right by a nibble: masked, the low
+    // nibbles (values 0 to 15) then the high ones (16 to 31), as Q8_1 orders its bytes.
+    let (shifts, low) = (
+        _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4),
+        _mm256_set1_epi8(0x0F),
+    );
+    let mut bx = [_mm256_setzero_si256(); 4];
+    for (j, bx) in bx.iter_mut().enumerate().take(G) {
+        let q =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128((*x.add(j)).qs.as_ptr() as *const __m128i));
+        *bx = _mm256_and_si256(_mm256_srlv_epi32(q, shifts), low);
+    }
+    // [d0, m0, d1, m1, ...] (each block leads with its two `f16`s), split into [d0, d1, ...]
+    // and [m0, m1, ...].
+    let pair = |j: usize| (x.add(j) as *const i32).read_unaligned();
+    let mut v = _mm_cvtsi32_si128(pair(0));
+    if G > 1 {
+        v = _mm_insert_epi32::<1>(v, pair(1));
+    }
+    if G > 2 {
+        v = _mm_insert_epi32::<2>(v, pair(2));
+    }
+    if G > 3 {
+        v = _mm_insert_epi32::<3>(v, pair(3));
+    }
+    let split = _mm256_permutevar8x32_ps(
+        _mm256_cvtph_ps(v),
+        _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7),
+    );
+    let (dx, mx) = (
+        _mm256_castps256_ps128(split),
+        _mm256_extractf128_ps(split, 1),
+    );
+    for r in 0..R {
+        let y = &*ys.add(r * ystride);
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for j in 0..G {
+            let by = _mm256_loadu_si256(y.qs[j].as_ptr() as *const __m256i);
+            sums[j] = dot_i32::<DOT>(bx[j], by);
+        }
+        let totals = _mm_cvtepi32_ps(sum_lanes_4(sums));
+        let (dy, sy) = (_mm_loadu_ps(y.d.as_ptr()), _mm_loadu_ps(y.s.as_ptr()));
+        acc[r] = _mm_fmadd_ps(_mm_mul_ps(dx, dy), totals, acc[r]);
+        macc[r] = _mm_add_ps(macc[r], _mm_mul_ps(mx, sy));
     }
 }
 
@@ -1073,66 +1237,131 @@ pub(crate) fn quantize_row_q8_0(xs: &[f32], ys: &mut [BlockQ8_0]) {
     }
 }
 
-/// Multiplies `cols` Q8_0 weight columns (`rhs_t`, `nb` blocks each) with `rows` quantized
-/// activation rows (`lhs`, `nb` blocks each), writing `out[col * rows + row]` (column-major, as
-/// the caller gathers a tile). One column at a time by up to 4 rows ([`q8_0_column`]), whose
-/// results are the floats [`matmul_q8_0_amx`] gives too.
+/// llm-stream: a weight format's register kernel, the dot products of one weight column with
+/// 1 to 4 activation rows ([`q8_0_column`], [`q4_1_column`]), for [`matmul_columns`].
+pub(crate) trait ColumnKernel {
+    /// A block of weights.
+    type Weight;
+    /// A block, or a group of blocks, of quantized activations.
+    type Activation;
+
+    /// How many [`Self::Activation`]s hold a row of `nb` blocks.
+    fn row_units(nb: usize) -> usize;
+
+    /// # Safety
+    /// As [`q8_0_column`], with this kernel's blocks.
+    unsafe fn column<const R: usize, const DOT: u8>(
+        nb: usize,
+        x: *const Self::Weight,
+        ys: *const Self::Activation,
+        ystride: usize,
+    ) -> [f32; R];
+}
+
+/// Q8_0 weights by Q8_0 activations.
+pub(crate) struct Q8_0Column;
+
+impl ColumnKernel for Q8_0Column {
+    type Weight = BlockQ8_0;
+    type Activation = BlockQ8_0;
+
+    fn row_units(nb: usize) -> usize {
+        nb
+    }
+
+    #[inline(always)]
+    unsafe fn column<const R: usize, const DOT: u8>(
+        nb: usize,
+        x: *const BlockQ8_0,
+        ys: *const BlockQ8_0,
+        ystride: usize,
+    ) -> [f32; R] {
+        q8_0_column::<R, DOT>(nb, x, ys, ystride)
+    }
+}
+
+/// Q4_1 weights by Q8_1 activations ([`Q8_1x4`]).
+pub(crate) struct Q4_1Column;
+
+impl ColumnKernel for Q4_1Column {
+    type Weight = BlockQ4_1;
+    type Activation = Q8_1x4;
+
+    fn row_units(nb: usize) -> usize {
+        nb.div_ceil(4)
+    }
+
+    #[inline(always)]
+    unsafe fn column<const R: usize, const DOT: u8>(
+        nb: usize,
+        x: *const BlockQ4_1,
+        ys: *const Q8_1x4,
+        ystride: usize,
+    ) -> [f32; R] {
+        q4_1_column::<R, DOT>(nb, x, ys, ystride)
+    }
+}
+
+/// Multiplies `cols` weight columns (`rhs_t`, `nb` blocks each) with `rows` quantized activation
+/// rows (`lhs`, `nb` blocks each), writing `out[col * rows + row]` (column-major, as the caller
+/// gathers a tile). One column at a time by up to 4 rows (`K`'s kernel). For Q8_0 these are the
+/// floats [`matmul_q8_0_amx`] gives too.
 ///
 /// The byte dot products use VNNI when the CPU has it (detected at run time: the build's baseline,
 /// x86-64-v3, does not include it).
-pub(crate) fn matmul_q8_0(
+pub(crate) fn matmul_columns<K: ColumnKernel>(
     nb: usize,
     shape: (usize, usize),
-    lhs: &[BlockQ8_0],
-    rhs_t: &[BlockQ8_0],
+    lhs: &[K::Activation],
+    rhs_t: &[K::Weight],
     out: &mut [f32],
 ) {
-    // AVX-512 first where there is a choice: its encoding reaches 32 vector registers, so the
-    // 16 accumulators of a 4 by 4 tile and its operands all stay in registers.
+    // AVX-512 first where there is a choice: its encoding reaches 32 vector registers.
     if std::arch::is_x86_feature_detected!("avx512vnni")
         && std::arch::is_x86_feature_detected!("avx512vl")
     {
         // SAFETY: the CPU has AVX512-VNNI and 256-bit AVX-512 instructions.
-        unsafe { matmul_q8_0_avx512_vnni(nb, shape, lhs, rhs_t, out) }
+        unsafe { matmul_columns_avx512_vnni::<K>(nb, shape, lhs, rhs_t, out) }
     } else if std::arch::is_x86_feature_detected!("avxvnni") {
         // SAFETY: the CPU has AVX-VNNI.
-        unsafe { matmul_q8_0_avx_vnni(nb, shape, lhs, rhs_t, out) }
+        unsafe { matmul_columns_avx_vnni::<K>(nb, shape, lhs, rhs_t, out) }
     } else {
-        matmul_q8_0_with::<DOT_AVX2>(nb, shape, lhs, rhs_t, out)
+        matmul_columns_with::<K, DOT_AVX2>(nb, shape, lhs, rhs_t, out)
     }
 }
 
 #[target_feature(enable = "avxvnni")]
-unsafe fn matmul_q8_0_avx_vnni(
+unsafe fn matmul_columns_avx_vnni<K: ColumnKernel>(
     nb: usize,
     shape: (usize, usize),
-    lhs: &[BlockQ8_0],
-    rhs_t: &[BlockQ8_0],
+    lhs: &[K::Activation],
+    rhs_t: &[K::Weight],
     out: &mut [f32],
 ) {
-    matmul_q8_0_with::<DOT_AVX_VNNI>(nb, shape, lhs, rhs_t, out)
+    matmul_columns_with::<K, DOT_AVX_VNNI>(nb, shape, lhs, rhs_t, out)
 }
 
 #[target_feature(enable = "avx512vnni,avx512vl")]
-unsafe fn matmul_q8_0_avx512_vnni(
+unsafe fn matmul_columns_avx512_vnni<K: ColumnKernel>(
     nb: usize,
     shape: (usize, usize),
-    lhs: &[BlockQ8_0],
-    rhs_t: &[BlockQ8_0],
+    lhs: &[K::Activation],
+    rhs_t: &[K::Weight],
     out: &mut [f32],
 ) {
-    matmul_q8_0_with::<DOT_AVX512_VNNI>(nb, shape, lhs, rhs_t, out)
+    matmul_columns_with::<K, DOT_AVX512_VNNI>(nb, shape, lhs, rhs_t, out)
 }
 
 #[inline(always)]
-fn matmul_q8_0_with<const DOT: u8>(
+fn matmul_columns_with<K: ColumnKernel, const DOT: u8>(
     nb: usize,
     (rows, cols): (usize, usize),
-    lhs: &[BlockQ8_0],
-    rhs_t: &[BlockQ8_0],
+    lhs: &[K::Activation],
+    rhs_t: &[K::Weight],
     out: &mut [f32],
 ) {
-    assert!(lhs.len() >= rows * nb && rhs_t.len() >= cols * nb && out.len() >= rows * cols);
+    let units = K::row_units(nb);
+    assert!(lhs.len() >= rows * units && rhs_t.len() >= cols * nb && out.len() >= rows * cols);
     for col in 0..cols {
         let mut r0 = 0;
         while r0 < rows {
@@ -1141,12 +1370,15 @@ fn matmul_q8_0_with<const DOT: u8>(
             // SAFETY: the assert above bounds every column and row read.
             unsafe {
                 let x = rhs_t.as_ptr().add(col * nb);
-                let ys = lhs.as_ptr().add(r0 * nb);
+                let ys = lhs.as_ptr().add(r0 * units);
                 match r {
-                    4 => out[start..start + 4].copy_from_slice(&q8_0_column::<4, DOT>(nb, x, ys, nb)),
-                    3 => out[start..start + 3].copy_from_slice(&q8_0_column::<3, DOT>(nb, x, ys, nb)),
-                    2 => out[start..start + 2].copy_from_slice(&q8_0_column::<2, DOT>(nb, x, ys, nb)),
-                    _ => out[start] = q8_0_column::<1, DOT>(nb, x, ys, nb)[0],
+                    4 => out[start..start + 4]
+                        .copy_from_slice(&K::column::<4, DOT>(nb, x, ys, units)),
+                    3 => out[start..start + 3]
+                        .copy_from_slice(&K::column::<3, DOT>(nb, x, ys, units)),
+                    2 => out[start..start + 2]
+                        .copy_from_slice(&K::column::<2, DOT>(nb, x, ys, units)),
+                    _ => out[start] = K::column::<1, DOT>(nb, x, ys, units)[0],
                 }
             }
             r0 += r;

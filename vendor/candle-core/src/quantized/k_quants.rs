@@ -2287,16 +2287,28 @@ pub fn matmul<T: GgmlType>(
     #[cfg(target_feature = "avx2")]
     if T::DTYPE == GgmlDType::Q8_0 {
         // SAFETY: a Q8_0 weight's type is `BlockQ8_0`.
-        let rhs_t = unsafe {
-            std::slice::from_raw_parts(rhs_t.as_ptr() as *const BlockQ8_0, rhs_t.len())
-        };
-        // llm-stream: the activations are quantized with vector instructions, in parallel over
-        // rows when there are enough of them to pay for it (a prompt).
-        let mut lhs_b = vec![BlockQ8_0::zeros(); m * k_in_blocks];
-        let rows = lhs_b.par_chunks_mut(k_in_blocks).zip(lhs.par_chunks(k));
-        rows.with_min_len((16384 / k).max(1))
-            .for_each(|(blocks, row)| super::avx::quantize_row_q8_0(row, blocks));
+        let rhs_t =
+            unsafe { std::slice::from_raw_parts(rhs_t.as_ptr() as *const BlockQ8_0, rhs_t.len()) };
+        let lhs_b = quantize_rows(
+            (m, k),
+            k_in_blocks,
+            BlockQ8_0::zeros(),
+            lhs,
+            super::avx::quantize_row_q8_0,
+        );
         matmul_q8_0_avx2((m, n), k_in_blocks, &lhs_b, rhs_t, dst);
+        return Ok(());
+    }
+    // llm-stream: Q4_1 weights (the default model's packaged format) go through a register
+    // kernel as Q8_0's do; upstream's x86 build has only the scalar `vec_dot` for them.
+    #[cfg(target_feature = "avx2")]
+    if T::DTYPE == GgmlDType::Q4_1 {
+        // SAFETY: a Q4_1 weight's type is `BlockQ4_1`.
+        let rhs_t =
+            unsafe { std::slice::from_raw_parts(rhs_t.as_ptr() as *const BlockQ4_1, rhs_t.len()) };
+        let (units, zero) = (k_in_blocks.div_ceil(4), super::avx::Q8_1x4::ZERO);
+        let lhs_b = quantize_rows((m, k), units, zero, lhs, super::avx::quantize_row_q8_1x4);
+        matmul_column_tiles::<super::avx::Q4_1Column>((m, n), k_in_blocks, &lhs_b, rhs_t, dst);
         return Ok(());
     }
 
@@ -2372,7 +2384,7 @@ fn matmul_row_tiles(
 
 /// The Q8_0 case of [`matmul`] on AVX2 (a prompt, a batch of decoding sequences, or one): AMX
 /// tiles for many rows where the CPU has them, else one weight column at a time by up to 4 rows
-/// (`super::avx::matmul_q8_0`), so that each block loaded is used up to four times and the
+/// (`super::avx::q8_0_column`), so that each block loaded is used up to four times and the
 /// weights stream from memory in the order they are stored.
 #[cfg(target_feature = "avx2")]
 fn matmul_q8_0_avx2(
@@ -2382,7 +2394,7 @@ fn matmul_q8_0_avx2(
     rhs_t: &[BlockQ8_0],
     dst: &mut [f32],
 ) {
-    use super::avx::{amx_available, matmul_q8_0, matmul_q8_0_amx};
+    use super::avx::{amx_available, matmul_q8_0_amx};
     // llm-stream: from this many rows (a prompt, or a large batch) on a CPU with AMX, the tile
     // instructions do the products; they give the same floats as the register tiles.
     const AMX_MIN_ROWS: usize = 8;
@@ -2391,15 +2403,49 @@ fn matmul_q8_0_avx2(
         unsafe { matmul_q8_0_amx((m, n), nb, lhs_b, rhs_t, dst) };
         return;
     }
-    // llm-stream: weight columns per kernel call: the register kernel goes one column at a time
-    // either way, and a call per column repeated its CPU feature checks for every column.
+    matmul_column_tiles::<super::avx::Q8_0Column>((m, n), nb, lhs_b, rhs_t, dst);
+}
+
+/// llm-stream: the activation rows (`m` by `k`) quantized by `quantize_row` (vector
+/// instructions) into `units_per_row` blocks or groups each, in parallel over rows when there are enough of them to pay for it (a prompt).
+#[cfg(target_feature = "avx2")]
+fn quantize_rows<B: Clone + Send + Sync>(
+    (m, k): (usize, usize),
+    units_per_row: usize,
+    zero: B,
+    lhs: &[f32],
+    quantize_row: impl Fn(&[f32], &mut [B]) + Sync,
+) -> Vec<B> {
+    let mut lhs_b = vec![zero; m * units_per_row];
+    let rows = lhs_b.par_chunks_mut(units_per_row).zip(lhs.par_chunks(k));
+    rows.with_min_len((16384 / k).max(1))
+        .for_each(|(blocks, row)| quantize_row(row, blocks));
+    lhs_b
+}
+
+/// llm-stream: a register kernel ([`super::avx::ColumnKernel`]) over row tiles and weight
+/// columns, in parallel over the columns.
+#[cfg(target_feature = "avx2")]
+fn matmul_column_tiles<K: super::avx::ColumnKernel>(
+    (m, n): (usize, usize),
+    nb: usize,
+    lhs_b: &[K::Activation],
+    rhs_t: &[K::Weight],
+    dst: &mut [f32],
+) where
+    K::Activation: Sync,
+    K::Weight: Sync,
+{
+    // Weight columns per kernel call: the register kernel goes one column at a time either way,
+    // and a call per column repeated its CPU feature checks for every column.
     const COLUMNS_PER_CALL: usize = 16;
     matmul_row_tiles((m, n), COLUMNS_PER_CALL, dst, |rows, col0, out| {
         let (row_count, cols) = (rows.len(), out.len() / rows.len());
-        matmul_q8_0(
+        let units = K::row_units(nb);
+        super::avx::matmul_columns::<K>(
             nb,
             (row_count, cols),
-            &lhs_b[rows.start * nb..rows.end * nb],
+            &lhs_b[rows.start * units..rows.end * units],
             &rhs_t[col0 * nb..],
             out,
         );

@@ -27,6 +27,20 @@ mod cuda {
     pub use super::dummy_cuda::*;
 }
 
+/// llm-stream: whether Q8_0 products of many rows (prompts, large batches) run on AMX tiles here:
+/// the CPU has AMX-INT8 and Linux grants the tile state. A caller choosing a weight format can
+/// weigh this: without AMX, Q4_1's register kernel reads fewer bytes for the same work.
+pub fn q8_0_runs_on_amx() -> bool {
+    #[cfg(target_feature = "avx2")]
+    {
+        avx::amx_available()
+    }
+    #[cfg(not(target_feature = "avx2"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_feature = "neon")]
 pub mod neon;
 #[cfg(target_feature = "simd128")]
