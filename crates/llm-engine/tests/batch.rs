@@ -171,9 +171,12 @@ async fn constrained_and_free_requests_batched_together_answer_as_alone() {
         tool_choice: Some(serde_json::from_value(serde_json::json!(choice)).expect("a choice")),
         ..ask(prompt, 48)
     };
+    // No other properties: the answer closes after its list, well within its tokens, whatever
+    // the weight format (with them allowed, the Q4_1 weights go on to a description).
     let schema = serde_json::json!({"type": "json_schema", "json_schema": {"name": "colours",
         "schema": {"type": "object", "properties": {"colours": {"type": "array",
-            "items": {"type": "string"}, "maxItems": 3}}, "required": ["colours"]}}});
+            "items": {"type": "string", "maxLength": 20}, "maxItems": 3}},
+            "required": ["colours"], "additionalProperties": false}}});
     // Each sequence's grammar masks only its own logits: a constrained neighbour changes no
     // free answer, and a free one no constrained answer.
     let requests = vec![
