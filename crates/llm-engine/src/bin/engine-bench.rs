@@ -312,6 +312,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+const USAGE: &str = "\
+usage: engine-bench [--model PATH.gguf] [--rounds N]   one stream, then 1, 2, 4 and 8 streams
+       engine-bench --formats [--rounds N]              one stream per weight format
+       engine-bench --structured [--rounds N]           the cost of a JSON constraint
+
+Writes its table into docs/benchmarks.md (sections `engine`, `engine-formats`,
+`engine-structured`) and prints it. --rounds: medians of N rounds (default 3).
+";
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -331,7 +340,14 @@ async fn main() {
             }
             "--formats" => by_format = true,
             "--structured" => constrained = true,
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                return;
+            }
+            other => {
+                eprint!("engine-bench: unknown argument `{other}`\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     if by_format {
