@@ -124,6 +124,14 @@ fn measure(format_name: &str, steps: usize, row_counts: &[usize]) {
     }
 }
 
+const USAGE: &str = "\
+usage: kernel-bench [--steps N] [--formats Q8_0,Q4_1] [--rows 1,4,32]
+
+Times one decoding step's quantized matrix products of the default model per weight format,
+thread count (1, then every core) and number of activation rows, and prints a table.
+--steps: steps timed per row count (default 30). Formats: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K.
+";
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut steps, mut formats, mut rows, mut child) =
@@ -139,7 +147,14 @@ fn main() {
             "--formats" => formats = args.next().expect("--formats needs a list"),
             "--rows" => rows = args.next().expect("--rows needs a list"),
             "--child" => child = Some(args.next().expect("--child needs a format")),
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                return;
+            }
+            other => {
+                eprint!("kernel-bench: unknown argument `{other}`\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     let row_counts: Vec<usize> = rows
